@@ -1,0 +1,87 @@
+"""Perception Encoder: PE-Core CLIP models, PE-Lang and PE-Spatial vision towers.
+
+Public API (imported lazily so ``import perception_encoder`` and the ``pe`` command start fast)::
+
+    import perception_encoder as pe
+    model = pe.load("PE-Core-B16-224")           # CLIP; PE-Lang / PE-Spatial names give a vision tower
+    tok = pe.tokenizer(model.text.context_length)
+    tf = pe.image_transform(model.visual.config.image_size)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # models and configs
+    "CLIP": "clip",
+    "VisionTransformer": "vision",
+    "TextTransformer": "text",
+    "VisionConfig": "configs",
+    "TextConfig": "configs",
+    "CLIPConfig": "configs",
+    "ModelInfo": "configs",
+    "list_models": "configs",
+    "get_model_info": "configs",
+    "register": "configs",
+    "UnknownModelError": "configs",
+    # loading and saving
+    "load": "factory",
+    "create_model": "factory",
+    "save": "factory",
+    "convert": "factory",
+    "inspect_checkpoint": "factory",
+    # data in
+    "tokenizer": "tokenizer",
+    "Tokenizer": "tokenizer",
+    "image_transform": "transforms",
+    "ImageTransform": "transforms",
+    "load_image": "images",
+    "load_video": "video",
+    "sample_frame_indices": "video",
+    "tile_image": "tiling",
+    # tasks
+    "zero_shot_classifier": "zeroshot",
+    "zero_shot_probs": "zeroshot",
+    # errors
+    "PEError": "errors",
+    "ImageLoadError": "errors",
+    "VideoLoadError": "errors",
+    "CheckpointError": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'perception_encoder' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .clip import CLIP
+    from .configs import (
+        CLIPConfig,
+        ModelInfo,
+        TextConfig,
+        UnknownModelError,
+        VisionConfig,
+        get_model_info,
+        list_models,
+        register,
+    )
+    from .errors import CheckpointError, ImageLoadError, PEError, VideoLoadError
+    from .text import TextTransformer
+    from .vision import VisionTransformer

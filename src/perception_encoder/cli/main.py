@@ -1,0 +1,59 @@
+"""Entry point of the ``pe`` command: a click group whose commands are imported only when used.
+
+Each command is a module ``perception_encoder.cli.<module>`` exposing a click command named ``command``.
+Keeping them lazy makes ``pe --help`` fast (no torch import) and each command a file of its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+# command name -> (module, one-line help shown by `pe --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("models", "List every registered model."),
+    "info": ("info", "Describe a checkpoint: format, family, dims, parameters."),
+    "convert": ("convert", "Convert a checkpoint between formats."),
+    "classify": ("classify", "Zero-shot classify images or videos against labels."),
+    "embed": ("embed", "Embed images, folders or videos into .npy / .parquet."),
+    "features": ("features", "Save per-patch feature maps of an image."),
+    "pca": ("pca", "PCA-to-RGB picture of an image's patch features."),
+    "similarity": ("similarity", "Similarity heatmap from a point or a text prompt."),
+    "correspond": ("correspond", "Point correspondences between two images."),
+    "track": ("track", "Propagate a mask through video frames with patch features."),
+    "train": ("train", "Contrastive training / fine-tuning with PE's recipe."),
+    "eval": ("evaluate", "Zero-shot, retrieval, linear-probe and k-NN evaluation."),
+    "export": ("export", "Export a model to ONNX."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name, (module, _) in COMMANDS.items() if _available(module)]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS or not _available(COMMANDS[name][0]):
+            return None
+        return importlib.import_module(f"perception_encoder.cli.{COMMANDS[name][0]}").command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(f"perception_encoder.cli.{module}") is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="perception-encoder")
+def main() -> None:
+    """Perception Encoder: embeddings, zero-shot classification and features from PE models."""
+
+
+if __name__ == "__main__":
+    main()
