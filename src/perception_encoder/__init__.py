@@ -47,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     # tasks
     "zero_shot_classifier": "zeroshot",
     "zero_shot_probs": "zeroshot",
+    "zero_shot_logits": "zeroshot",
     # errors
     "PEError": "errors",
     "ImageLoadError": "errors",

@@ -226,11 +226,21 @@ for _suffix in ("", "-Tiling"):
         _tokens(448, 14, 1536, 47, 16, 8960, cls=False, ls=0.1),
         "LLM-aligned tokens" + (", tiling-tuned" if _suffix else ""),
     )
-_released("PE-Spatial-G14-448", "spatial", _tokens(448, 14, 1536, 50, 16, 8960, cls=False, ls=0.1), "dense tokens")
-_released("PE-Spatial-L14-448", "spatial", _tokens(448, 14, 1024, 24, 16, 4096, cls=True, ls=None), "dense tokens")
-_released("PE-Spatial-B16-512", "spatial", _tokens(512, 16, 768, 12, 12, 3072, cls=True, ls=None), "dense tokens")
-_released("PE-Spatial-S16-512", "spatial", _tokens(512, 16, 384, 12, 6, 1536, cls=True, ls=None), "dense tokens")
-_released("PE-Spatial-T16-512", "spatial", _tokens(512, 16, 192, 12, 3, 768, cls=True, ls=None), "dense tokens")
+_released(
+    "PE-Spatial-G14-448", "spatial", _tokens(448, 14, 1536, 50, 16, 8960, cls=False, ls=0.1), "dense tokens"
+)
+_released(
+    "PE-Spatial-L14-448", "spatial", _tokens(448, 14, 1024, 24, 16, 4096, cls=True, ls=None), "dense tokens"
+)
+_released(
+    "PE-Spatial-B16-512", "spatial", _tokens(512, 16, 768, 12, 12, 3072, cls=True, ls=None), "dense tokens"
+)
+_released(
+    "PE-Spatial-S16-512", "spatial", _tokens(512, 16, 384, 12, 6, 1536, cls=True, ls=None), "dense tokens"
+)
+_released(
+    "PE-Spatial-T16-512", "spatial", _tokens(512, 16, 192, 12, 3, 768, cls=True, ls=None), "dense tokens"
+)
 
 
 # --- lookup ---------------------------------------------------------------------------------------------

@@ -49,7 +49,9 @@ class TextTransformer(nn.Module):
     def forward_features(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Token features ``(B, L, width)`` after ``ln_final``."""
         seq = token_ids.shape[1]
-        x = self.token_embedding(token_ids) + self.positional_embedding[:seq].to(self.token_embedding.weight.dtype)
+        x = self.token_embedding(token_ids) + self.positional_embedding[:seq].to(
+            self.token_embedding.weight.dtype
+        )
         x = self.transformer(x, causal=True)
         return self.ln_final(x)
 

@@ -71,7 +71,9 @@ class VisionTransformer(nn.Module):
 
     def _check_pixels(self, pixels: torch.Tensor) -> None:
         if not isinstance(pixels, torch.Tensor):
-            raise TypeError(f"pixels must be a torch.Tensor of shape (B, 3, H, W), got {type(pixels).__name__}")
+            raise TypeError(
+                f"pixels must be a torch.Tensor of shape (B, 3, H, W), got {type(pixels).__name__}"
+            )
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
         h, w = pixels.shape[-2:]

@@ -1,0 +1,77 @@
+"""Zero-shot classification: class names x prompt templates -> classifier -> probabilities.
+
+Convention (CLIP_benchmark, as used for PE): for each class, every template is filled with the class name
+and encoded; each embedding is normalised, the template embeddings are averaged and the mean renormalised.
+Logits are ``100 * normalised image embedding @ classifier`` (or ``logit_scale.exp()`` if asked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+# A compact set of prompt templates (a subset of the 80 ImageNet ones) used when none are given.
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a bad photo of a {}.",
+    "a photo of many {}.",
+    "a photo of the large {}.",
+    "a photo of the small {}.",
+    "a rendering of a {}.",
+    "a drawing of a {}.",
+    "itap of a {}.",
+)
+
+
+def _fill(template: str | Callable[[str], str], classname: str) -> str:
+    return template(classname) if callable(template) else template.format(classname)
+
+
+@torch.no_grad()
+def zero_shot_classifier(
+    model,
+    classnames: Sequence[str],
+    templates: Sequence[str | Callable[[str], str]] = ("{}",),
+    tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
+    *,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Build the classifier ``(embed_dim, num_classes)`` from a CLIP model.
+
+    ``templates`` are format strings with one ``{}`` (or callables ``classname -> prompt``); ``tokenizer``
+    defaults to the CLIP tokenizer at the model's context length.
+    """
+    if not classnames:
+        raise ValueError("zero-shot classification needs at least one class name")
+    if not templates:
+        raise ValueError("zero-shot classification needs at least one prompt template")
+    if tokenizer is None:
+        from .tokenizer import tokenizer as make_tokenizer
+
+        tokenizer = make_tokenizer(model.text.context_length)
+    prompts = [_fill(t, c) for c in classnames for t in templates]
+    device = model.logit_scale.device
+    embs = []
+    for i in range(0, len(prompts), batch_size):
+        ids = tokenizer(prompts[i : i + batch_size]).to(device)
+        embs.append(model.encode_text(ids, normalize=True).float())
+    per_prompt = torch.cat(embs).view(len(classnames), len(templates), -1)
+    classifier = F.normalize(per_prompt.mean(dim=1), dim=-1)
+    return classifier.T.contiguous()
+
+
+def zero_shot_logits(
+    image_embeddings: torch.Tensor, classifier: torch.Tensor, scale: float = 100.0
+) -> torch.Tensor:
+    """``(B, D)`` image embeddings (normalised here) x ``(D, C)`` classifier -> ``(B, C)`` logits."""
+    img = F.normalize(image_embeddings.float(), dim=-1)
+    return scale * img @ classifier.to(img.device, img.dtype)
+
+
+def zero_shot_probs(
+    image_embeddings: torch.Tensor, classifier: torch.Tensor, scale: float = 100.0
+) -> torch.Tensor:
+    """Class probabilities ``(B, C)``: softmax of ``zero_shot_logits``."""
+    return zero_shot_logits(image_embeddings, classifier, scale).softmax(dim=-1)

@@ -1,0 +1,73 @@
+"""Shared test helpers: small configs and random weights. No test downloads anything."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from perception_encoder.configs import CLIPConfig, TextConfig, VisionConfig, get_model_info
+
+# Tests never touch the network: the hub is offline unless a test points it at a local cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_vision_config(**overrides) -> VisionConfig:
+    base = dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, mlp_dim=64, output_dim=16)
+    base.update(overrides)
+    return VisionConfig(**base)
+
+
+def tiny_clip_config(**vision_overrides) -> CLIPConfig:
+    vision = tiny_vision_config(**vision_overrides)
+    text = TextConfig(
+        context_length=16, vocab_size=49408, width=32, depth=2, heads=2, mlp_dim=64, output_dim=16
+    )
+    return CLIPConfig(vision=vision, text=text)
+
+
+def released_config(name: str, depth: int | None = None, text_depth: int | None = None):
+    """A released config, optionally cut to fewer blocks (big models in tests)."""
+    cfg = get_model_info(name).config
+    if isinstance(cfg, CLIPConfig):
+        vision = dataclasses.replace(cfg.vision, depth=depth or cfg.vision.depth)
+        text = dataclasses.replace(cfg.text, depth=text_depth or cfg.text.depth)
+        return dataclasses.replace(cfg, vision=vision, text=text)
+    return dataclasses.replace(cfg, depth=depth or cfg.depth)
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> torch.nn.Module:
+    """Random weights that exercise every parameter (norm gains and biases too, LayerScale included)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=g) * std
+        if name.endswith("gamma") or (p.ndim == 1 and "ln" in name and name.endswith("weight")):
+            p.copy_(1.0 + noise)
+        elif name.endswith("logit_scale"):
+            p.fill_(2.659260036932778)
+        else:
+            p.copy_(noise)
+    return model.eval()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative error ||a - b|| / ||b||."""
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+@pytest.fixture
+def tiny_clip():
+    from perception_encoder.clip import CLIP
+
+    return randomize(CLIP(tiny_clip_config()))
+
+
+@pytest.fixture
+def tiny_vision():
+    from perception_encoder.vision import VisionTransformer
+
+    return randomize(VisionTransformer(tiny_vision_config()))
