@@ -11,7 +11,7 @@ Public API (imported lazily so ``import perception_encoder`` and the ``pe`` comm
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -69,20 +69,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
-
-
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .clip import CLIP
-    from .configs import (
-        CLIPConfig,
-        ModelInfo,
-        TextConfig,
-        UnknownModelError,
-        VisionConfig,
-        get_model_info,
-        list_models,
-        register,
-    )
-    from .errors import CheckpointError, ImageLoadError, PEError, VideoLoadError
-    from .text import TextTransformer
-    from .vision import VisionTransformer

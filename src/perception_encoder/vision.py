@@ -150,9 +150,9 @@ class VisionTransformer(nn.Module):
         if not wanted:
             raise ValueError("layers is empty")
         grid_h, grid_w = self.grid_shape(*pixels.shape[-2:])
-        x, rope = self.embed(pixels)
+        tokens, rope = self.embed(pixels)
         found: dict[int, torch.Tensor] = {}
-        for i, x in self.transformer.iter_blocks(x, stop=max(wanted), rope=rope):
+        for i, x in self.transformer.iter_blocks(tokens, stop=max(wanted), rope=rope):
             if i in wanted:
                 found[i] = x
         outs = []

@@ -72,6 +72,6 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """Run the blocks up to and including ``layer`` (Python-style index) and return that state."""
         stop = resolve_layer(layer, self.depth)
-        for _, x in self.iter_blocks(x, stop=stop, rope=rope, causal=causal):
+        for _, x in self.iter_blocks(x, stop=stop, rope=rope, causal=causal):  # noqa: B007, B020
             pass
         return x
