@@ -1,0 +1,169 @@
+"""Reading image files: one loader with clear errors, and folder expansion for batch jobs.
+
+Images are returned fully decoded and in their original mode (grey, palette, RGBA, ...): the reference
+transform resizes before converting to RGB, so converting here would change its output.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageLoadError
+
+#: File name endings (lower case) treated as images when a folder is expanded.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+)
+
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True when the file name ends with one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _decode(data: bytes, name: str) -> Image.Image:
+    """Open and fully decode encoded image bytes; every failure becomes an ImageLoadError naming ``name``."""
+    if len(data) == 0:
+        raise ImageLoadError(f"cannot read image {name}: the file is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageLoadError(
+            f"cannot read image {name}: not a recognised image format ({len(data)} bytes)"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(
+            f"cannot read image {name}: too many pixels ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS to allow it"
+        ) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow raises many types (SyntaxError, struct.error, ...) on bad headers
+        raise ImageLoadError(
+            f"cannot read image {name}: corrupt or truncated image header ({type(exc).__name__}: {exc})"
+        ) from exc
+    fmt = img.format or "image"
+    try:
+        # decode now: a truncated file must fail here, not later inside a transform or a worker
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(
+            f"cannot read image {name}: too many pixels ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS to allow it"
+        ) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise ImageLoadError(
+            f"cannot read image {name}: truncated or corrupt {fmt} data ({type(exc).__name__}: {exc})"
+        ) from exc
+    return img
+
+
+def load_image(source: ImageSource, exif_transpose: bool = False) -> Image.Image:
+    """Read an image from a path, encoded bytes, or a PIL image, fully decoded, in its original mode.
+
+    Args:
+        source: a file path (``str`` or ``os.PathLike``), the bytes of an encoded image file, or a PIL image
+            (returned as is after making sure its pixels are decoded).
+        exif_transpose: rotate/flip according to the EXIF orientation tag. Off by default because the
+            reference pipeline does not do it (and embeddings would differ for rotated photos).
+
+    Returns:
+        A ``PIL.Image.Image`` (for multi-frame files, the first frame).
+
+    Raises:
+        ImageLoadError: the file is missing, a directory, empty, not an image, or truncated/corrupt; the
+            message names the file and the reason.
+        TypeError: ``source`` is none of the accepted types.
+    """
+    if isinstance(source, Image.Image):
+        name = f"{getattr(source, 'filename', '') or '<PIL image>'}"
+        try:
+            source.load()
+        except Exception as exc:
+            raise ImageLoadError(
+                f"cannot read image {name}: pixel data cannot be decoded ({type(exc).__name__}: {exc})"
+            ) from exc
+        img = source
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        img = _decode(bytes(source), f"<{len(source)} bytes>")
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = str(path)
+        if not path.exists():
+            raise ImageLoadError(f"cannot read image {name}: no such file")
+        if path.is_dir():
+            raise ImageLoadError(f"cannot read image {name}: it is a directory, not a file")
+        try:
+            # read the bytes once: no file handle stays open (multi-frame formats keep one otherwise)
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageLoadError(f"cannot read image {name}: {exc.strerror or exc}") from exc
+        img = _decode(data, name)
+    else:
+        raise TypeError(f"load_image expects a path, bytes or a PIL image, got {type(source).__name__}")
+    if exif_transpose:
+        img = ImageOps.exif_transpose(img)
+    return img
+
+
+def iter_image_files(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], recursive: bool = True
+) -> list[Path]:
+    """Expand files and folders into a deterministic list of image files.
+
+    Args:
+        paths: one path or several. Folders are expanded to the files inside whose extension is in
+            :data:`IMAGE_EXTENSIONS` (case-insensitive), sorted; hidden files and folders (names starting
+            with ``.``) are skipped. Files given explicitly are kept whatever their extension, so a bad
+            file is reported when it is loaded instead of being dropped silently.
+        recursive: also walk sub-folders (symlinked folders are followed once; loops are cut).
+
+    Returns:
+        Paths in argument order, each folder's files sorted by their path components; duplicates removed.
+
+    Raises:
+        FileNotFoundError: a path does not exist (the message names it).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"no such file or folder: {path}")
+        if path.is_dir():
+            for p in _folder_images(path, recursive):
+                add(p)
+        else:
+            add(path)
+    return out
+
+
+def _folder_images(root: Path, recursive: bool) -> list[Path]:
+    found: list[Path] = []
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:  # a symlink loop or a folder reached twice
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / name)
+    return sorted(found, key=lambda p: p.parts)
