@@ -1,0 +1,248 @@
+"""Frozen-feature probes: logistic regression (linear probe) and cosine k-NN on a train/test split.
+
+Features come from any layer (:class:`.embed.FeatureSpec`): the pooled embedding by default, or the mean
+of the patch tokens / the CLS token after block k. Metrics are those of zero-shot classification.
+
+* Linear probe: features standardised with the training set's mean and std, then multinomial logistic
+  regression (scikit-learn, L-BFGS). With several ``C`` values, the best one on a fixed stratified 20% of
+  the training set is chosen and the probe refitted on all of it. scikit-learn is the optional extra
+  ``eval`` and is imported only here.
+* k-NN: cosine similarity to the training features; the k nearest (ties: lower training index first) vote
+  for their class with weight ``exp(similarity / temperature)``; classes are scored by their summed votes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import LabeledFiles
+from .embed import (
+    Embedded,
+    FeatureSpec,
+    ImageLoader,
+    embed_files,
+    feature_encoder,
+    model_device,
+    normalized,
+    vision_tower,
+)
+from .metrics import classification_metrics
+from .report import base_result
+
+_CHUNK = 1024
+
+
+def _sklearn():
+    try:
+        import sklearn  # noqa: F401
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise ImportError(
+            "the linear probe needs scikit-learn: pip install 'perception-encoder[eval]' "
+            "(or pip install scikit-learn)"
+        ) from None
+    return LogisticRegression, train_test_split
+
+
+def _standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    std[std < 1e-12] = 1.0  # a constant feature carries nothing; avoid dividing by zero
+    return [(x - mean) / std for x in (train, *others)]
+
+
+def linear_probe_scores(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    num_classes: int,
+    *,
+    c: float | Sequence[float] = 1.0,
+    max_iter: int = 1000,
+    seed: int = 0,
+) -> tuple[torch.Tensor, float]:
+    """Fit logistic regression on ``train_x`` ``(N, D)`` / ``train_y`` ``(N,)`` and score ``test_x``.
+
+    Returns class log-probabilities ``(M, num_classes)`` (``-inf`` for classes absent from the training set)
+    and the inverse regularisation strength ``C`` used.
+    """
+    LogisticRegression, train_test_split = _sklearn()
+    xtr = train_x.double().numpy()
+    ytr = torch.as_tensor(train_y).long().numpy()
+    xte = test_x.double().numpy()
+    if len(np.unique(ytr)) < 2:
+        raise ValueError("the linear probe needs training images of at least 2 classes")
+    cs = [float(c)] if isinstance(c, (int, float)) else [float(v) for v in c]
+    if not cs or any(v <= 0 for v in cs):
+        raise ValueError(f"C values must be positive, got {cs}")
+
+    def fit(x: np.ndarray, y: np.ndarray, value: float):
+        return LogisticRegression(C=value, max_iter=max_iter, tol=1e-6).fit(x, y)
+
+    best = cs[0]
+    if len(cs) > 1:
+        counts = np.bincount(ytr)
+        stratify = ytr if counts[counts > 0].min() >= 2 else None
+        xa, xb, ya, yb = train_test_split(xtr, ytr, test_size=0.2, random_state=seed, stratify=stratify)
+        xa, xb = _standardize(xa, xb)
+        accs = [(fit(xa, ya, v).predict(xb) == yb).mean() for v in cs]
+        best = cs[int(np.argmax(accs))]  # the first of equally good values
+    xtr_s, xte_s = _standardize(xtr, xte)
+    clf = fit(xtr_s, ytr, best)
+    with np.errstate(divide="ignore"):
+        logp = clf.predict_log_proba(xte_s)
+    scores = torch.full((xte.shape[0], num_classes), float("-inf"), dtype=torch.float64)
+    scores[:, torch.as_tensor(clf.classes_).long()] = torch.from_numpy(logp)
+    return scores, best
+
+
+def knn_scores(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    num_classes: int,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> torch.Tensor:
+    """Weighted k-NN class scores ``(M, num_classes)`` for ``test_x`` ``(M, D)`` against ``train_x`` ``(N, D)``.
+
+    Cosine similarity; the ``min(k, N)`` nearest training samples (stable: ties go to the lower index)
+    each add ``exp(similarity / temperature)`` to their class.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    train = normalized(train_x).double()
+    test = normalized(test_x).double()
+    labels = torch.as_tensor(train_y).long()
+    if labels.shape != (train.shape[0],):
+        raise ValueError(f"train_y must have shape ({train.shape[0]},), got {tuple(labels.shape)}")
+    k = min(k, train.shape[0])
+    out = []
+    for start in range(0, test.shape[0], _CHUNK):
+        sims = test[start : start + _CHUNK] @ train.T
+        top, idx = sims.sort(dim=1, descending=True, stable=True)
+        top, idx = top[:, :k], idx[:, :k]
+        votes = torch.zeros(sims.shape[0], num_classes, dtype=torch.float64)
+        votes.scatter_add_(1, labels[idx], torch.exp(top / temperature))
+        out.append(votes)
+    return torch.cat(out) if out else torch.empty(0, num_classes, dtype=torch.float64)
+
+
+def _embed_split(
+    model, data: LabeledFiles, encode, transform, batch_size, num_workers, progress, desc
+) -> Embedded:
+    return embed_files(
+        data.paths,
+        ImageLoader(transform),
+        encode,
+        batch_size=batch_size,
+        device=model_device(model),
+        num_workers=num_workers,
+        progress=progress,
+        desc=desc,
+    )
+
+
+def _probe(
+    task: str,
+    model: torch.nn.Module,
+    train: LabeledFiles,
+    test: LabeledFiles,
+    features: FeatureSpec,
+    transform: Callable | None,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+    classify: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, dict[str, Any]], torch.Tensor],
+) -> dict[str, Any]:
+    if train.classnames != test.classnames:
+        raise ValueError("train and test splits must share one class list (use data.split_folders)")
+    encode = feature_encoder(model, features)
+    if transform is None:
+        from ..transforms import image_transform
+
+        transform = image_transform(vision_tower(model).config.image_size)
+    tr = _embed_split(model, train, encode, transform, batch_size, num_workers, progress, "train")
+    te = _embed_split(model, test, encode, transform, batch_size, num_workers, progress, "test")
+    result = base_result(task, test.source, len(test), te.skipped)
+    result.update(
+        num_classes=len(train.classnames),
+        features=features.describe(),
+        num_train=len(train),
+        num_train_evaluated=len(tr.index),
+        num_train_skipped=len(tr.skipped),
+        train_skipped=[{"path": s.path, "reason": s.reason} for s in tr.skipped],
+    )
+    if train.source:
+        result["data"] = str(Path(train.source).parent)
+    if not tr.index or not te.index:
+        result["metrics"] = {"top1": None, "top5": None, "mean_per_class_recall": None}
+        return result
+    train_y = torch.tensor([train.labels[i] for i in tr.index])
+    test_y = torch.tensor([test.labels[i] for i in te.index])
+    scores = classify(tr.values, train_y, te.values, len(train.classnames), result)
+    result["metrics"] = classification_metrics(scores, test_y)
+    return result
+
+
+def evaluate_linear_probe(
+    model: torch.nn.Module,
+    train: LabeledFiles,
+    test: LabeledFiles,
+    *,
+    features: FeatureSpec = FeatureSpec(),
+    c: float | Sequence[float] = 1.0,
+    max_iter: int = 1000,
+    transform: Callable | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Linear-probe accuracy on frozen features: fit on ``train``, score ``test`` (see the module doc).
+
+    ``model`` may be a CLIP model or a vision tower. Returns the result dict (:mod:`.report`) with
+    ``top1``, ``top5``, ``mean_per_class_recall``; ``c`` holds the chosen C.
+    """
+
+    def classify(xtr, ytr, xte, n, result):
+        scores, used = linear_probe_scores(xtr, ytr, xte, n, c=c, max_iter=max_iter)
+        result["c"] = used
+        return scores
+
+    return _probe(
+        "linear_probe", model, train, test, features, transform, batch_size, num_workers, progress, classify
+    )
+
+
+def evaluate_knn(
+    model: torch.nn.Module,
+    train: LabeledFiles,
+    test: LabeledFiles,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    features: FeatureSpec = FeatureSpec(),
+    transform: Callable | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Weighted cosine k-NN accuracy on frozen features (see the module doc and :func:`knn_scores`)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+
+    def classify(xtr, ytr, xte, n, result):
+        result["k"] = min(k, xtr.shape[0])
+        result["temperature"] = temperature
+        return knn_scores(xtr, ytr, xte, n, k=k, temperature=temperature)
+
+    return _probe("knn", model, train, test, features, transform, batch_size, num_workers, progress, classify)

@@ -1,0 +1,118 @@
+"""Evaluation results: one plain dict per run, written as JSON and shown as a rich table.
+
+Schema (every task)::
+
+    {"task": "zeroshot", "data": "<dataset path>", "model": "<name>" (set by the CLI),
+     "num_samples": N, "num_evaluated": M, "num_skipped": N - M,
+     "skipped": [{"path": ..., "reason": ...}, ...],
+     "metrics": {"top1": 0.81, "top5": null, ...},   # fractions in [0, 1]; null = undefined
+     ... task-specific facts (num_classes, num_templates, k, layer, ...)}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .embed import Skipped
+
+
+def base_result(task: str, source: str, num_samples: int, skipped: list[Skipped]) -> dict[str, Any]:
+    """The fields every result starts with."""
+    return {
+        "task": task,
+        "data": source,
+        "num_samples": num_samples,
+        "num_evaluated": num_samples - len(skipped),
+        "num_skipped": len(skipped),
+        "skipped": [asdict(s) for s in skipped],
+    }
+
+
+def _clean(value: Any) -> Any:
+    # NaN / inf are not JSON: report them as null (undefined)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def to_json(results: dict[str, Any]) -> str:
+    """The results as indented JSON text."""
+    return json.dumps(_clean(results), indent=2, ensure_ascii=False)
+
+
+def write_json(results: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write the results as JSON; ``"-"`` means standard output."""
+    text = to_json(results) + "\n"
+    if str(path) == "-":
+        import sys
+
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{100 * value:.2f}"
+    return str(value)
+
+
+_FACTS = (
+    "model",
+    "data",
+    "num_classes",
+    "num_templates",
+    "num_captions",
+    "features",
+    "k",
+    "temperature",
+    "c",
+    "num_frames",
+)
+
+
+def render_table(results: dict[str, Any]):
+    """A ``rich.table.Table``: metrics in percent, then the run's facts and the sample counts."""
+    from rich.table import Table
+
+    table = Table(title=f"pe eval {results.get('task', '')}".strip(), show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in results.get("metrics", {}).items():
+        table.add_row(name, _fmt(value) + (" %" if isinstance(value, float) else ""))
+    table.add_section()
+    for key in _FACTS:
+        if key in results and results[key] is not None:
+            table.add_row(key, str(results[key]))
+    table.add_row("evaluated", f"{results.get('num_evaluated', 0)} of {results.get('num_samples', 0)}")
+    if results.get("num_skipped"):
+        table.add_row("skipped (unreadable)", str(results["num_skipped"]))
+    return table
+
+
+def print_report(results: dict[str, Any], console=None, max_skipped: int = 10) -> None:
+    """Print the table, then the first ``max_skipped`` skipped files with their reasons."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = console or Console()
+    console.print(render_table(results))
+    skipped = results.get("skipped", [])
+    for s in skipped[:max_skipped]:
+        console.print(f"[yellow]skipped[/yellow] {escape(s['path'])}: {escape(s['reason'])}", highlight=False)
+    if len(skipped) > max_skipped:
+        console.print(f"[yellow]... and {len(skipped) - max_skipped} more skipped files[/yellow]")
