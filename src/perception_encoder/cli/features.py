@@ -1,0 +1,39 @@
+"""``pe features IMAGE --out FILE``: save an image's per-patch feature map (H', W', C)."""
+
+from __future__ import annotations
+
+import click
+
+from ._dense import (
+    IMAGE_PATH,
+    get_model,
+    image_size_option,
+    layer_option,
+    open_rgb,
+    out_option,
+    user_errors,
+    wrote,
+)
+from .common import model_options
+
+
+@click.command("features")
+@click.argument("image", type=IMAGE_PATH)
+@model_options
+@layer_option
+@image_size_option
+@click.option(
+    "--norm/--no-norm", default=False, show_default=True, help="Apply ln_post (PE-Core) to the features."
+)
+@out_option([".npy", ".safetensors"], "Output file: .npy or .safetensors (key 'features').")
+def command(image, model_name, checkpoint, device, dtype, layer, image_size, norm, out) -> None:
+    """Save the patch features of IMAGE after block --layer as an (H', W', C) array."""
+    from ..dense import patch_features, save_features
+
+    pil = open_rgb(image)
+    model = get_model(model_name, checkpoint, device, dtype, vision_only=True)
+    with user_errors():
+        feats = patch_features(model, pil, layer=layer, image_size=image_size, norm=norm)
+        path = save_features(feats, out)
+    h, w, c = feats.shape
+    wrote(path, f"features {h}x{w}x{c} (layer {layer})")
