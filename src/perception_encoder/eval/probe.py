@@ -37,7 +37,7 @@ from .report import base_result
 _CHUNK = 1024
 
 
-def _sklearn():
+def require_sklearn():
     try:
         import sklearn  # noqa: F401
         from sklearn.linear_model import LogisticRegression
@@ -70,9 +70,10 @@ def linear_probe_scores(
     """Fit logistic regression on ``train_x`` ``(N, D)`` / ``train_y`` ``(N,)`` and score ``test_x``.
 
     Returns class log-probabilities ``(M, num_classes)`` (``-inf`` for classes absent from the training set)
-    and the inverse regularisation strength ``C`` used.
+    and the inverse regularisation strength ``C`` used (with several values, the best on a fixed 20% of the
+    training set; the first value when that part is too small to hold two classes).
     """
-    LogisticRegression, train_test_split = _sklearn()
+    LogisticRegression, train_test_split = require_sklearn()
     xtr = train_x.double().numpy()
     ytr = torch.as_tensor(train_y).long().numpy()
     xte = test_x.double().numpy()
@@ -88,11 +89,17 @@ def linear_probe_scores(
     best = cs[0]
     if len(cs) > 1:
         counts = np.bincount(ytr)
-        stratify = ytr if counts[counts > 0].min() >= 2 else None
-        xa, xb, ya, yb = train_test_split(xtr, ytr, test_size=0.2, random_state=seed, stratify=stratify)
-        xa, xb = _standardize(xa, xb)
-        accs = [(fit(xa, ya, v).predict(xb) == yb).mean() for v in cs]
-        best = cs[int(np.argmax(accs))]  # the first of equally good values
+        classes = int((counts > 0).sum())
+        n_val = max(1, round(0.2 * len(ytr)))
+        # stratify when every class can appear on both sides; tiny training sets are split plainly
+        ok = counts[counts > 0].min() >= 2 and classes <= n_val <= len(ytr) - classes
+        xa, xb, ya, yb = train_test_split(
+            xtr, ytr, test_size=n_val, random_state=seed, stratify=ytr if ok else None
+        )
+        if len(np.unique(ya)) >= 2:
+            xa, xb = _standardize(xa, xb)
+            accs = [(fit(xa, ya, v).predict(xb) == yb).mean() for v in cs]
+            best = cs[int(np.argmax(accs))]  # the first of equally good values
     xtr_s, xte_s = _standardize(xtr, xte)
     clf = fit(xtr_s, ytr, best)
     with np.errstate(divide="ignore"):

@@ -26,6 +26,7 @@ def base_result(task: str, source: str, num_samples: int, skipped: list[Skipped]
     return {
         "task": task,
         "data": source,
+        "metrics": {},  # filled in by the task; placed first so it leads the JSON
         "num_samples": num_samples,
         "num_evaluated": num_samples - len(skipped),
         "num_skipped": len(skipped),
@@ -101,6 +102,10 @@ def render_table(results: dict[str, Any]):
     table.add_row("evaluated", f"{results.get('num_evaluated', 0)} of {results.get('num_samples', 0)}")
     if results.get("num_skipped"):
         table.add_row("skipped (unreadable)", str(results["num_skipped"]))
+    if "num_train" in results:
+        table.add_row("train evaluated", f"{results.get('num_train_evaluated', 0)} of {results['num_train']}")
+        if results.get("num_train_skipped"):
+            table.add_row("train skipped (unreadable)", str(results["num_train_skipped"]))
     return table
 
 
@@ -111,8 +116,10 @@ def print_report(results: dict[str, Any], console=None, max_skipped: int = 10) -
 
     console = console or Console()
     console.print(render_table(results))
-    skipped = results.get("skipped", [])
+    skipped = results.get("skipped", []) + results.get("train_skipped", [])
     for s in skipped[:max_skipped]:
-        console.print(f"[yellow]skipped[/yellow] {escape(s['path'])}: {escape(s['reason'])}", highlight=False)
+        # loader errors usually name the file already
+        what = s["reason"] if s["path"] in s["reason"] else f"{s['path']}: {s['reason']}"
+        console.print(f"[yellow]skipped[/yellow] {escape(what)}", highlight=False)
     if len(skipped) > max_skipped:
         console.print(f"[yellow]... and {len(skipped) - max_skipped} more skipped files[/yellow]")
