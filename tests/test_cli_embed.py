@@ -150,3 +150,20 @@ def test_classify_errors(model_file, images, tmp_path):
     save(randomize(VisionTransformer(tiny_vision_config())), vision)
     res = _run("classify", good[0], "--labels", "a,b", "--model", vision)
     assert res.exit_code != 0 and "needs a CLIP model" in res.output
+
+
+def test_checkpoint_alone_brings_its_own_config(model_file, images, tmp_path):
+    path, _ = model_file
+    _, good = images
+    out = tmp_path / "c.npy"
+    result = _run("embed", good[0], "--out", out, "--checkpoint", path)
+    assert result.exit_code == 0, result.output
+    assert np.load(out).shape == (1, 16)
+
+
+def test_public_api_names_resolve():
+    import perception_encoder as pe
+
+    for name in pe.__all__:
+        assert getattr(pe, name) is not None, name
+    assert callable(pe.tokenizer) and callable(pe.load)
