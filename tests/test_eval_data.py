@@ -126,6 +126,15 @@ def test_classnames_file_plain_and_mapping(tmp_path):
     mapping.write_text("red_thing\tcrimson\nblue_thing\tnavy\n")
     assert read_classnames(mapping) == {"red_thing": "crimson", "blue_thing": "navy"}
     assert class_folder(root, read_classnames(mapping)).classnames == ["navy", "crimson"]
+    # a list naming every folder is matched by name (order free); extra names are distractor classes
+    named = tmp_path / "named.txt"
+    named.write_text("red thing\nblue thing\n")
+    ds = class_folder(root, read_classnames(named))
+    assert ds.classnames == ["red thing", "blue thing"] and ds.labels == [1, 0]
+    distract = tmp_path / "distract.txt"
+    distract.write_text("green thing\nred thing\nteal thing\nblue thing\n")
+    ds = class_folder(root, read_classnames(distract))
+    assert ds.classnames == ["green thing", "red thing", "teal thing", "blue thing"] and ds.labels == [3, 1]
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("only one\n")
     with pytest.raises(ValueError, match="1 class names were given for 2 class folders"):

@@ -105,6 +105,15 @@ def test_duplicate_files_share_one_embedding(model, tf, six_classes):
     assert not torch.equal(out.values[0], out.values[1])
 
 
+def test_loader_workers_give_the_same_embeddings(model, tf, six_classes):
+    paths = sorted(six_classes.rglob("*.*"))
+    serial = embed_files(paths, ImageLoader(tf), model.encode_image, batch_size=4)
+    workers = embed_files(paths, ImageLoader(tf), model.encode_image, batch_size=4, num_workers=2)
+    assert workers.index == serial.index and len(serial.skipped) == 2
+    assert [s.path for s in workers.skipped] == [s.path for s in serial.skipped]
+    assert torch.equal(workers.values, serial.values)
+
+
 def _retrieval_csv(root, tmp_path):
     lines = ["path,caption"]
     for colour in ("red", "green", "blue", "yellow", "purple", "orange"):
@@ -279,3 +288,27 @@ def test_video_zeroshot_and_retrieval_match_manual_computation(model, tf, video_
     assert rt["metrics"]["video_to_text_recall@5"] == pytest.approx(
         expected_rt["image_to_text_recall@5"], abs=1e-12
     )
+
+
+def test_report_json_and_table(tmp_path, capsys):
+    from rich.console import Console
+
+    from perception_encoder.eval import print_report, to_json, write_json
+
+    result = {
+        "task": "zeroshot",
+        "data": "ds",
+        "metrics": {"top1": 0.5, "top5": None, "mean_per_class_recall": float("nan")},
+        "num_samples": 3,
+        "num_evaluated": 2,
+        "num_skipped": 1,
+        "skipped": [{"path": "ds/[x].png", "reason": "cannot read image ds/[x].png: the file is empty"}],
+    }
+    assert '"top5": null' in to_json(result) and '"mean_per_class_recall": null' in to_json(result)
+    write_json(result, tmp_path / "a" / "r.json")
+    assert (tmp_path / "a" / "r.json").read_text().startswith("{")
+    console = Console(width=120, record=True)
+    print_report(result, console)
+    text = console.export_text()
+    assert "50.00 %" in text and "n/a" in text and "2 of 3" in text
+    assert "cannot read image ds/[x].png: the file is empty" in text  # brackets are not rich markup

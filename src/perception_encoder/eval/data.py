@@ -15,9 +15,11 @@ Formats
 * **Captions CSV** (retrieval): a file column and a caption column (``caption``, ``captions``, ``text``,
   ``title``). Several captions per file: repeat the file on several rows, and/or split one cell with a
   separator (``caption_sep``). Files are numbered in order of first appearance.
-* **Class-names file**: one name per line (blank lines ignored). Either plain names, matched to the
-  sorted class folders (or CSV integer labels) by position, or ``folder<TAB>name`` lines mapping folders to
-  names.
+* **Class-names file**: one name per line (blank lines ignored), or ``folder<TAB>name`` lines mapping
+  folders to names. A plain list that contains every folder's name (``_`` as space) is matched by name,
+  and its other names become distractor classes (zero-shot chooses among all of them); otherwise it must
+  have one name per class folder, in sorted folder order (ImageNet's synset folders). CSV labels are
+  names from the list or integer indices into it.
 * **Templates file**: one prompt template per line, each with exactly one ``{}`` for the class name.
 """
 
@@ -145,21 +147,32 @@ def read_classnames(path: str | os.PathLike) -> list[str] | dict[str, str]:
     return mapping
 
 
-def _name_folders(folders: Sequence[str], classnames: Sequence[str] | dict[str, str] | None) -> list[str]:
-    """Display names for sorted class folders (see the module doc)."""
+def _name_folders(
+    folders: Sequence[str], classnames: Sequence[str] | dict[str, str] | None
+) -> tuple[list[str], list[int]]:
+    """The class list and each sorted folder's class index (see the module doc)."""
+    derived = [f.replace("_", " ") for f in folders]
     if classnames is None:
-        return [f.replace("_", " ") for f in folders]
+        return derived, list(range(len(folders)))
     if isinstance(classnames, dict):
         missing = [f for f in folders if f not in classnames]
         if missing:
             raise ValueError(f"the class-names mapping has no name for the class folders {missing[:5]}")
-        return [classnames[f] for f in folders]
-    if len(classnames) != len(folders):
+        return [classnames[f] for f in folders], list(range(len(folders)))
+    names = list(classnames)
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        first.setdefault(name, i)
+    if all(d in first for d in derived):
+        # every folder is named in the list: match by name; the other names are distractor classes
+        return names, [first[d] for d in derived]
+    if len(names) != len(folders):
         raise ValueError(
-            f"{len(classnames)} class names were given for {len(folders)} class folders; a plain list of "
-            "names must have one line per class folder, in sorted folder order"
+            f"{len(names)} class names were given for {len(folders)} class folders; give one name per "
+            "class folder in sorted folder order, or a list that contains every folder's name "
+            f"(missing e.g. {[d for d in derived if d not in first][:3]})"
         )
-    return list(classnames)
+    return names, list(range(len(folders)))
 
 
 # --- class folders ----------------------------------------------------------------------------------------
@@ -200,10 +213,10 @@ def class_folder(
     folders = list(folders) if folders is not None else _class_folders(root)
     if not folders:
         raise ValueError(f"dataset folder {root} has no class sub-folders (expected {root}/<class>/<files>)")
-    names = _name_folders(folders, classnames)
+    names, folder_labels = _name_folders(folders, classnames)
     paths: list[Path] = []
     labels: list[int] = []
-    for label, folder in enumerate(folders):
+    for label, folder in zip(folder_labels, folders, strict=True):
         sub = root / folder
         files = _files_under(sub, extensions) if sub.is_dir() else []
         paths += files
