@@ -483,6 +483,16 @@ def _few(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
 
 
+def _groups(keys: list[str]) -> str:
+    """The distinct top-level groups of ``keys`` (``" (under proj, ln_post, attn_pool)"``)."""
+    seen: dict[str, None] = {}
+    for k in keys:
+        parts = k.split(".")
+        seen[".".join(parts[:2]) if parts[0] in ("visual", "text") and len(parts) > 2 else parts[0]] = None
+    names = list(seen)
+    return f" (under {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})"
+
+
 def _likely_cause(state_dict: StateDict, target_config: ModelConfig, target: str) -> str:
     """One sentence on why a checkpoint does not fit: the registered model it fits, or how it differs."""
     try:
@@ -527,9 +537,9 @@ def check_state_dict(
         return
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing key(s): {_few(missing)}")
+        problems.append(f"{len(missing)} missing key(s){_groups(missing)}: {_few(missing)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected key(s){_groups(unexpected)}: {_few(unexpected)}")
     if misshaped:
         problems.append(
             f"{len(misshaped)} key(s) with another shape (checkpoint vs model): {_few(misshaped)}"

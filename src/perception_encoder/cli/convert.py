@@ -1,0 +1,46 @@
+"""``pe convert SRC DST --to FORMAT``: rewrite a checkpoint in another layout."""
+
+from __future__ import annotations
+
+import warnings
+
+import click
+
+_TARGETS = ("reference", "timm", "open_clip", "safetensors")
+
+
+@click.command("convert")
+@click.argument("src")
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(_TARGETS),
+    required=True,
+    help="reference: the released .pt layout; timm: timm's vit_pe_* (vision tower only); open_clip: "
+    "open_clip's PE-Core (CLIP only); safetensors: this package's layout.",
+)
+@click.option("--model", default=None, help="Registered model the checkpoint must fit (checked).")
+def command(src: str, dst: str, to: str, model: str | None) -> None:
+    """Convert checkpoint SRC (any layout; a file or an hf-hub: string) into DST.
+
+    DST's extension picks the file type (.safetensors or .pt/.pth/.bin); the model config is written
+    beside it as <stem>.json.
+    """
+    from ..configs import UnknownModelError
+    from ..errors import CheckpointError
+    from ..factory import convert, inspect_checkpoint
+
+    try:
+        facts = inspect_checkpoint(src)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = convert(src, dst, to=to, model=model)
+    except (CheckpointError, UnknownModelError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    note = ""
+    if to == "timm" and facts["kind"] == "clip":
+        note = " (timm holds the vision tower only; the text tower was left out)"
+    click.echo(f"wrote {out} ({to} layout, from {facts['format']}){note}")

@@ -1,0 +1,73 @@
+"""``pe models``: a table of every registered model."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+def format_count(n: int) -> str:
+    """``86_200_000`` -> ``"86.2M"``; ``1_880_000_000`` -> ``"1.88B"``."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f}M"
+    return f"{n / 1e3:.1f}K"
+
+
+@click.command("models")
+@click.option(
+    "--family",
+    type=click.Choice(["core", "lang", "spatial", "custom"]),
+    default=None,
+    help="Only models of this family.",
+)
+def command(family: str | None) -> None:
+    """List every registered model: family, parameters, resolution, widths and depths, output size.
+
+    "params" counts what `pe.load(name)` returns (both towers for PE-Core CLIP models); "vision" counts the
+    vision tower alone. Models whose weights ship inside the package are marked "bundled".
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..configs import get_model_info, list_models
+    from ..factory import count_parameters
+
+    names = list_models(family)
+    if not names:
+        raise click.ClickException(f"no registered models of family {family!r}")
+    table = Table(title="Perception Encoder models", title_justify="left")
+    for column, justify in [
+        ("name", "left"),
+        ("family", "left"),
+        ("params", "right"),
+        ("vision params", "right"),
+        ("px", "right"),
+        ("patch", "right"),
+        ("vision width/depth", "right"),
+        ("text width/depth", "right"),
+        ("output dim", "right"),
+        ("weights", "left"),
+    ]:
+        table.add_column(column, justify=justify, no_wrap=column == "name")
+    for name in names:
+        info = get_model_info(name)
+        v = info.vision
+        text = info.config.text if info.is_clip else None
+        weights = "bundled" if info.local_weights else "hub" if info.hub_repo else "-"
+        table.add_row(
+            name,
+            info.family,
+            format_count(count_parameters(info.config)),
+            format_count(count_parameters(v)),
+            str(v.image_size),
+            str(v.patch_size),
+            f"{v.width}/{v.depth}",
+            f"{text.width}/{text.depth}" if text else "-",
+            str(v.output_dim) if v.output_dim else f"tokens ({v.width})",
+            weights,
+        )
+    # a fixed, wide layout when not on a terminal (pipes, tests) so names are never cut
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
