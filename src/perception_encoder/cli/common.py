@@ -71,7 +71,10 @@ def load_model(
     """Load a model for a command; any loading problem becomes a one-line ``click.ClickException``."""
     from ..factory import load
 
-    name = model_name or default_model()
+    if model_name is None and checkpoint is not None:
+        name, checkpoint = checkpoint, None  # a checkpoint alone: its config comes from the file
+    else:
+        name = model_name or default_model()
     try:
         return load(
             name, checkpoint=checkpoint, vision_only=vision_only, device=pick_device(device), dtype=dtype
