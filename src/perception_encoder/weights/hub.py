@@ -50,6 +50,15 @@ def hub_cache_dir() -> str | None:
     return None
 
 
+def _cache_shown() -> str:
+    """The cache folder for messages: the one the environment names, else huggingface_hub's default."""
+    if hub_cache_dir():
+        return str(hub_cache_dir())
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
 def hub_offline() -> bool:
     """Whether downloads are off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set to a true value)."""
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
@@ -103,7 +112,7 @@ def _explain(e: Exception, what: str, repo_id: str, filename: str, revision: str
     entry_missing, not_cached, repo_missing, revision_missing = _hub_errors()
     if isinstance(e, not_cached):
         offline = hub_offline()
-        where = hub_cache_dir() or "the default Hugging Face cache"
+        where = _cache_shown()
         reason = "downloads are off (HF_HUB_OFFLINE=1)" if offline else "the hub could not be reached"
         fix = "or set HF_HUB_OFFLINE=0 to download it." if offline else "or retry when online."
         return CheckpointError(
@@ -174,7 +183,7 @@ def resolve_hub_spec(spec: str) -> Path:
     if hub_offline():
         raise CheckpointError(
             f"{spec}: none of {', '.join(candidates)} from hub repo '{repo_id}' is in the local cache "
-            f"({hub_cache_dir() or 'the default Hugging Face cache'}) and downloads are off "
+            f"({_cache_shown()}) and downloads are off "
             "(HF_HUB_OFFLINE=1). Name the file ('hf-hub:<repo>/<filename>'), provide it with "
             "--checkpoint PATH, or set HF_HUB_OFFLINE=0 to download it."
         ) from last

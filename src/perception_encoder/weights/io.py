@@ -135,7 +135,7 @@ def _read_safetensors(p: Path) -> StateDict:
 
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
+            return {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # SafetensorError does not subclass a common base across versions
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
