@@ -169,3 +169,14 @@ def test_bad_inputs_raise_clear_errors():
         topk_accuracy(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0]), 1)
     with pytest.raises(ValueError, match="k must be"):
         knn_scores(torch.zeros(2, 2), torch.zeros(2), torch.zeros(1, 2), 2, k=0)
+
+
+def test_nearest_matches_a_stable_sort_with_many_ties():
+    from perception_encoder.eval.probe import nearest
+
+    g = torch.Generator().manual_seed(0)
+    sims = torch.randint(0, 4, (50, 30), generator=g).float()  # heavy ties
+    for k in (1, 3, 7, 30):
+        vals, idx = nearest(sims, k)
+        ref_vals, ref_idx = sims.sort(dim=1, descending=True, stable=True)
+        assert torch.equal(vals, ref_vals[:, :k]) and torch.equal(idx, ref_idx[:, :k])

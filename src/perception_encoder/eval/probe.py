@@ -34,8 +34,6 @@ from .embed import (
 from .metrics import classification_metrics
 from .report import base_result
 
-_CHUNK = 1024
-
 
 def require_sklearn():
     try:
@@ -127,21 +125,39 @@ def knn_scores(
         raise ValueError(f"k must be >= 1, got {k}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    train = normalized(train_x).double()
-    test = normalized(test_x).double()
+    train = normalized(train_x)
+    test = normalized(test_x)
     labels = torch.as_tensor(train_y).long()
     if labels.shape != (train.shape[0],):
         raise ValueError(f"train_y must have shape ({train.shape[0]},), got {tuple(labels.shape)}")
     k = min(k, train.shape[0])
     out = []
-    for start in range(0, test.shape[0], _CHUNK):
-        sims = test[start : start + _CHUNK] @ train.T
-        top, idx = sims.sort(dim=1, descending=True, stable=True)
-        top, idx = top[:, :k], idx[:, :k]
+    for start in range(0, test.shape[0], _rows_per_chunk(train.shape[0])):
+        sims = test[start : start + _rows_per_chunk(train.shape[0])] @ train.T
+        top, idx = nearest(sims, k)
         votes = torch.zeros(sims.shape[0], num_classes, dtype=torch.float64)
-        votes.scatter_add_(1, labels[idx], torch.exp(top / temperature))
+        votes.scatter_add_(1, labels[idx], torch.exp(top.double() / temperature))
         out.append(votes)
     return torch.cat(out) if out else torch.empty(0, num_classes, dtype=torch.float64)
+
+
+def _rows_per_chunk(columns: int) -> int:
+    # about 2**26 similarities (256 MB in float32) at a time, whatever the size of the training set
+    return max(1, min(1024, 2**26 // max(1, columns)))
+
+
+def nearest(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of each row of ``sims`` ``(R, N)``, ties going to the lower index (as a
+    stable descending sort would pick them), without sorting whole rows: values and indices ``(R, k)``."""
+    threshold = sims.topk(k, dim=1).values[:, -1:]
+    greater = sims > threshold
+    room = k - greater.sum(dim=1, keepdim=True)
+    equal = sims == threshold
+    take = greater | (equal & (equal.cumsum(dim=1) <= room))
+    idx = take.nonzero()[:, 1].view(-1, k)  # row-major, so each row's k columns in index order
+    vals = sims.gather(1, idx)
+    order = vals.sort(dim=1, descending=True, stable=True).indices
+    return vals.gather(1, order), idx.gather(1, order)
 
 
 def _embed_split(
