@@ -35,6 +35,11 @@ _EXPORTS: dict[str, str] = {
     "save": "factory",
     "convert": "factory",
     "inspect_checkpoint": "factory",
+    "count_parameters": "factory",
+    "detect_format": "weights.formats",
+    "convert_state_dict": "weights.formats",
+    "infer_config": "weights.io",
+    "read_state_dict": "weights.io",
     # data in
     "tokenizer": "tokenizer",
     "Tokenizer": "tokenizer",
