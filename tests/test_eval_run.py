@@ -83,6 +83,11 @@ def test_zeroshot_matches_manual_computation_and_skips_bad_files(model, tf, six_
     assert result["metrics"]["top1"] == pytest.approx((preds == targets).double().mean().item(), abs=1e-12)
     recalls = [(preds[targets == c] == c).double().mean().item() for c in targets.unique()]
     assert result["metrics"]["mean_per_class_recall"] == pytest.approx(sum(recalls) / len(recalls), abs=1e-12)
+    per_class = result["per_class"]
+    assert [row["class"] for row in per_class] == data.classnames
+    # sorted classes: blue, green, orange, purple, red (with a copied file), yellow
+    assert [row["samples"] for row in per_class] == [2, 2, 2, 2, 3, 2]
+    assert [row["recall"] for row in per_class] == pytest.approx(recalls, abs=1e-12)
     top5 = (logits.topk(5, dim=1).indices == targets[:, None]).any(1).double().mean().item()
     assert result["metrics"]["top5"] == pytest.approx(top5, abs=1e-12)
 

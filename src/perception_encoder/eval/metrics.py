@@ -109,6 +109,19 @@ def mean_per_class_recall(preds: torch.Tensor, targets: torch.Tensor, num_classe
     return (hits[present] / support[present]).mean().item()
 
 
+def per_class_recall(
+    preds: torch.Tensor, targets: torch.Tensor, num_classes: int
+) -> list[tuple[int, int, float]]:
+    """``(class index, samples, recall)`` for every class present in ``targets``, in class order."""
+    preds = torch.as_tensor(preds).long().cpu()
+    targets = torch.as_tensor(targets).long().cpu()
+    support = torch.bincount(targets, minlength=num_classes)
+    hits = torch.bincount(targets[preds == targets], minlength=num_classes)
+    return [
+        (c, int(support[c]), hits[c].item() / support[c].item()) for c in range(num_classes) if support[c] > 0
+    ]
+
+
 def classification_metrics(
     scores: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] = (1, 5)
 ) -> dict[str, float | None]:

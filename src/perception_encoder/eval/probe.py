@@ -31,8 +31,8 @@ from .embed import (
     normalized,
     vision_tower,
 )
-from .metrics import classification_metrics
-from .report import base_result
+from .metrics import classification_metrics, predictions
+from .report import base_result, per_class_table
 
 
 def require_sklearn():
@@ -214,6 +214,7 @@ def _probe(
     test_y = torch.tensor([test.labels[i] for i in te.index])
     scores = classify(tr.values, train_y, te.values, len(train.classnames), result)
     result["metrics"] = classification_metrics(scores, test_y)
+    result["per_class"] = per_class_table(train.classnames, predictions(scores), test_y)
     return result
 
 

@@ -6,7 +6,8 @@ Schema (every task)::
      "num_samples": N, "num_evaluated": M, "num_skipped": N - M,
      "skipped": [{"path": ..., "reason": ...}, ...],
      "metrics": {"top1": 0.81, "top5": null, ...},   # fractions in [0, 1]; null = undefined
-     ... task-specific facts (num_classes, num_templates, k, layer, ...)}
+     "per_class": [{"class": ..., "samples": n, "recall": r}, ...],  # classification tasks
+     ... task-specific facts (num_classes, num_templates, k, features, ...)}
 """
 
 from __future__ import annotations
@@ -32,6 +33,17 @@ def base_result(task: str, source: str, num_samples: int, skipped: list[Skipped]
         "num_skipped": len(skipped),
         "skipped": [asdict(s) for s in skipped],
     }
+
+
+def per_class_table(classnames: list[str], preds, targets) -> list[dict[str, Any]]:
+    """The ``per_class`` entry of classification results: name, sample count and recall of each class
+    that has samples (a list, as class names may repeat)."""
+    from .metrics import per_class_recall
+
+    return [
+        {"class": classnames[c], "samples": n, "recall": r}
+        for c, n, r in per_class_recall(preds, targets, len(classnames))
+    ]
 
 
 def _clean(value: Any) -> Any:
@@ -109,13 +121,29 @@ def render_table(results: dict[str, Any]):
     return table
 
 
-def print_report(results: dict[str, Any], console=None, max_skipped: int = 10) -> None:
-    """Print the table, then the first ``max_skipped`` skipped files with their reasons."""
+def render_per_class(results: dict[str, Any]):
+    """A ``rich.table.Table`` of the per-class recalls of a classification result."""
+    from rich.table import Table
+
+    table = Table(title="recall per class", show_header=True)
+    table.add_column("class")
+    table.add_column("samples", justify="right")
+    table.add_column("recall", justify="right")
+    for row in results.get("per_class", []):
+        table.add_row(str(row["class"]), str(row["samples"]), _fmt(row["recall"]) + " %")
+    return table
+
+
+def print_report(results: dict[str, Any], console=None, max_skipped: int = 10, max_classes: int = 20) -> None:
+    """Print the table (and the per-class recalls when there are at most ``max_classes`` classes), then the
+    first ``max_skipped`` skipped files with their reasons."""
     from rich.console import Console
     from rich.markup import escape
 
     console = console or Console()
     console.print(render_table(results))
+    if 0 < len(results.get("per_class", [])) <= max_classes:
+        console.print(render_per_class(results))
     skipped = results.get("skipped", []) + results.get("train_skipped", [])
     for s in skipped[:max_skipped]:
         # loader errors usually name the file already

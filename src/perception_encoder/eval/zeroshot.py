@@ -23,8 +23,8 @@ from .embed import (
     require_clip,
     vision_tower,
 )
-from .metrics import classification_metrics
-from .report import base_result
+from .metrics import classification_metrics, predictions
+from .report import base_result, per_class_table
 
 
 def score_zeroshot(
@@ -47,6 +47,7 @@ def score_zeroshot(
     logits = zero_shot_logits(embedded.values, classifier.float().cpu())
     targets = torch.tensor([data.labels[i] for i in embedded.index])
     result["metrics"] = classification_metrics(logits, targets)
+    result["per_class"] = per_class_table(data.classnames, predictions(logits), targets)
     return result
 
 
