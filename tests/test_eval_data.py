@@ -179,6 +179,13 @@ def test_labeled_csv_header_names_and_indices(tmp_path):
     with pytest.raises(ValueError, match="cannot find the file and label columns"):
         labeled_csv(odd)
     assert labeled_files(csv_file).classnames == ["blue", "red"]
+    # a captions table where only some rows carry a class (as train.synthetic writes them)
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("path,caption,label\nimg/a.png,a red disc,red\nimg/b.png,the word cat,\n")
+    ds3 = labeled_csv(mixed)
+    assert (
+        len(ds3) == 1 and ds3.classnames == ["red"] and ds3.notes == ["1 rows without a label were left out"]
+    )
 
 
 def test_captions_csv_repeated_rows_and_separator(tmp_path):

@@ -19,7 +19,7 @@ Formats
   folders to names. A plain list that contains every folder's name (``_`` as space) is matched by name,
   and its other names become distractor classes (zero-shot chooses among all of them); otherwise it must
   have one name per class folder, in sorted folder order (ImageNet's synset folders). CSV labels are
-  names from the list or integer indices into it.
+  names from the list or integer indices into it; rows with an empty label are left out (noted).
 * **Templates file**: one prompt template per line, each with exactly one ``{}`` for the class name.
 """
 
@@ -48,6 +48,7 @@ class LabeledFiles:
     labels: list[int]
     classnames: list[str]
     source: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.labels):
@@ -301,13 +302,18 @@ def labeled_csv(
     base = Path(path).parent
     files: list[Path] = []
     raw: list[str] = []
+    unlabeled = 0
     for n, row in enumerate(rows[start:], start + 1):
-        if len(row) <= max(fcol, lcol) or not row[fcol].strip() or not row[lcol].strip():
+        if len(row) <= max(fcol, lcol) or not row[fcol].strip():
             raise ValueError(f"CSV file {path}, row {n}: expected a file and a label, got {row}")
+        if not row[lcol].strip():
+            unlabeled += 1  # e.g. caption tables where only some rows carry a class
+            continue
         files.append(_resolve(base, row[fcol]))
         raw.append(row[lcol].strip())
     if not files:
-        raise ValueError(f"CSV file {path} has a header but no rows")
+        raise ValueError(f"CSV file {path} has no labelled rows")
+    notes = [f"{unlabeled} rows without a label were left out"] if unlabeled else []
     if isinstance(classnames, dict):
         unknown = sorted({r for r in raw if r not in classnames})
         if unknown:
@@ -336,7 +342,7 @@ def labeled_csv(
         names = sorted(set(raw))
         index = {k: i for i, k in enumerate(names)}
         labels = [index[r] for r in raw]
-    return LabeledFiles(files, labels, names, source=str(path))
+    return LabeledFiles(files, labels, names, source=str(path), notes=notes)
 
 
 def captions_csv(path: str | os.PathLike, caption_sep: str | None = None) -> CaptionedFiles:

@@ -22,8 +22,10 @@ from typing import Any
 from .embed import Skipped
 
 
-def base_result(task: str, source: str, num_samples: int, skipped: list[Skipped]) -> dict[str, Any]:
-    """The fields every result starts with."""
+def base_result(
+    task: str, source: str, num_samples: int, skipped: list[Skipped], notes: list[str] | None = None
+) -> dict[str, Any]:
+    """The fields every result starts with (``notes``: remarks about the dataset, kept when non-empty)."""
     return {
         "task": task,
         "data": source,
@@ -32,6 +34,7 @@ def base_result(task: str, source: str, num_samples: int, skipped: list[Skipped]
         "num_evaluated": num_samples - len(skipped),
         "num_skipped": len(skipped),
         "skipped": [asdict(s) for s in skipped],
+        **({"notes": list(notes)} if notes else {}),
     }
 
 
@@ -144,6 +147,8 @@ def print_report(results: dict[str, Any], console=None, max_skipped: int = 10, m
     console.print(render_table(results))
     if 0 < len(results.get("per_class", [])) <= max_classes:
         console.print(render_per_class(results))
+    for note in results.get("notes", []):
+        console.print(f"note: {escape(note)}", highlight=False)
     skipped = results.get("skipped", []) + results.get("train_skipped", [])
     for s in skipped[:max_skipped]:
         # loader errors usually name the file already

@@ -84,7 +84,7 @@ def score_retrieval(
     task: str,
 ) -> dict[str, Any]:
     """Metrics for file embeddings already computed (images or videos) against ``data``'s captions."""
-    result = base_result(task, data.source, len(data.paths), embedded.skipped)
+    result = base_result(task, data.source, len(data.paths), embedded.skipped, data.notes)
     # captions of files that failed to load have no positive left: drop them
     row = {file: j for j, file in enumerate(embedded.index)}
     kept = [(c, row[o]) for c, o in zip(data.captions, data.owners, strict=True) if o in row]

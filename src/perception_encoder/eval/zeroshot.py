@@ -36,7 +36,7 @@ def score_zeroshot(
     task: str,
 ) -> dict[str, Any]:
     """Metrics for embeddings already computed (images or videos) against the class prompts."""
-    result = base_result(task, data.source, len(data), embedded.skipped)
+    result = base_result(task, data.source, len(data), embedded.skipped, data.notes)
     result.update(num_classes=len(data.classnames), num_templates=len(templates))
     if not embedded.index:
         result["metrics"] = {"top1": None, "top5": None, "mean_per_class_recall": None}
