@@ -340,7 +340,9 @@ def _with(options: list[Callable]) -> Callable:
     multiple=True,
     help="Inverse L2 strength C (repeat to choose the best on 20% of train; default 1.0).",
 )
-@click.option("--max-iter", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option(
+    "--max-iter", type=click.IntRange(min=1), default=1000, show_default=True, help="L-BFGS iterations."
+)
 @_common(64)
 @_friendly
 def linear_probe_cmd(
