@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rope import apply_rope_2d
+from .linear import linear
+from .rope import rotate_pairs
 
 
 class Attention(nn.Module):
@@ -27,10 +28,6 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        """``(B, N, width)`` -> ``(B, heads, N, head_dim)``."""
-        return t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -38,21 +35,40 @@ class Attention(nn.Module):
         kv: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         causal: bool = False,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend from ``x`` ``(B, Nq, width)`` to ``kv`` ``(B, Nk, width)`` (default: ``x`` itself).
 
         ``rope`` is a ``(cos, sin)`` pair from ``rope_2d_tables`` applied to q and k; ``causal`` masks
-        each query from the keys after it. Returns ``(B, Nq, width)``.
+        each query from the keys after it. ``residual`` ``(B, Nq, width)`` is added to
+        the output (fused into the out-projection where possible). Returns ``(B, Nq, width)``.
+
+        Layout: the in-projection's output ``(B, N, 3 * width)`` is only viewed as
+        ``(B, N, 3, heads, head_dim)``; q, k and v reach SDPA as strided views of it (SDPA reads strides),
+        RoPE rotates q and k together in one pass, and SDPA's output is already token-major, so no
+        transpose copies are made around attention.
         """
+        b, n = x.shape[:2]
+        shape = (self.heads, self.head_dim)
         if kv is None:
-            q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+            qkv = linear(x, self.in_proj_weight, self.in_proj_bias).view(b, n, 3, *shape)
+            if rope is not None:
+                cos, sin = rope
+                qk = rotate_pairs(qkv[:, :, :2], cos[:, None, None], sin[:, None, None])
+                q, k = qk.unbind(2)
+            else:
+                q, k = qkv[:, :, 0], qkv[:, :, 1]
+            v = qkv[:, :, 2]
         else:
+            if rope is not None:
+                raise ValueError("rope applies to self-attention only (kv must be None)")
             w_q, w_kv = self.in_proj_weight.split((self.width, 2 * self.width))
             b_q, b_kv = self.in_proj_bias.split((self.width, 2 * self.width))
-            q = F.linear(x, w_q, b_q)
-            k, v = F.linear(kv, w_kv, b_kv).chunk(2, dim=-1)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        if rope is not None:
-            q, k = apply_rope_2d(q, *rope), apply_rope_2d(k, *rope)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+            q = linear(x, w_q, b_q).view(b, n, *shape)
+            k, v = linear(kv, w_kv, b_kv).view(b, kv.shape[1], 2, *shape).unbind(2)
+        # (B, N, heads, head_dim) views -> (B, heads, N, head_dim), no copy
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal
+        )
+        out = out.transpose(1, 2).reshape(b, n, self.width)
+        return linear(out, self.out_proj.weight, self.out_proj.bias, residual=residual)

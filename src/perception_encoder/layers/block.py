@@ -31,5 +31,12 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         causal: bool = False,
     ) -> torch.Tensor:
+        if self.fused_residual:  # no LayerScale: the residual add rides on each output projection
+            x = self.attn(self.ln_1(x), rope=rope, causal=causal, residual=x)
+            return self.mlp(self.ln_2(x), residual=x)
         x = x + self.ls_1(self.attn(self.ln_1(x), rope=rope, causal=causal))
         return x + self.ls_2(self.mlp(self.ln_2(x)))
+
+    @property
+    def fused_residual(self) -> bool:
+        return isinstance(self.ls_1, nn.Identity) and isinstance(self.ls_2, nn.Identity)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .linear import linear
 
 
 class MLP(nn.Module):
@@ -13,5 +14,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(width, hidden)
         self.c_proj = nn.Linear(hidden, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``(..., width)`` -> ``(..., width)``; ``residual`` (same shape) is added to the output."""
+        h = linear(x, self.c_fc.weight, self.c_fc.bias, gelu=True)
+        return linear(h, self.c_proj.weight, self.c_proj.bias, residual=residual)

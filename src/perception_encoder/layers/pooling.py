@@ -21,5 +21,5 @@ class AttentionPool(nn.Module):
         """``(B, N, width)`` -> ``(B, width)``."""
         q = self.probe.expand(x.shape[0], -1, -1).to(x.dtype)
         q = self.attn(q, kv=x)
-        q = q + self.mlp(self.layernorm(q))
+        q = self.mlp(self.layernorm(q), residual=q)
         return q[:, 0]

@@ -42,10 +42,36 @@ def rope_2d_tables(
     return angles.cos(), angles.sin()
 
 
+def _tracing() -> bool:
+    """Inside ``torch.compile`` / ``torch.export`` or an ONNX export: use plain real arithmetic there
+    (inductor fuses it into one kernel; ONNX has no complex numbers)."""
+    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each interleaved pair ``(x[..., 2i], x[..., 2i + 1])`` by the angle whose cosine and sine are
+    ``cos[..., i]`` and ``sin[..., i]`` (tables broadcast against ``x[..., ::2]``). Computed in float32,
+    returned contiguous in ``x``'s dtype and shape. ``x`` may be a strided view (its last dim contiguous).
+
+    Eagerly the pairs are viewed as complex numbers and multiplied by ``cos + i sin``: one kernel reads the
+    strided input and writes the result, where the textbook form takes nine passes over memory.
+    """
+    dtype = x.dtype
+    xf = x.float()  # no copy for float32 input
+    if _tracing() or not _complex_viewable(xf):
+        a, b = xf.unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2).to(dtype)
+    z = torch.view_as_complex(xf.unflatten(-1, (-1, 2)))
+    return torch.view_as_real(z * torch.complex(cos, sin)).flatten(-2).to(dtype)
+
+
+def _complex_viewable(x: torch.Tensor) -> bool:
+    """Whether ``view_as_complex`` accepts ``x`` split into pairs (float32, pair-aligned strides)."""
+    if x.dtype != torch.float32 or x.stride(-1) != 1 or x.storage_offset() % 2:
+        return False
+    return all(s % 2 == 0 for s, n in zip(x.stride()[:-1], x.shape[:-1], strict=True) if n > 1)
+
+
 def apply_rope_2d(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` of shape ``(B, heads, tokens, head_dim)`` by tables from ``rope_2d_tables``."""
-    dtype = x.dtype
-    pairs = x.float().unflatten(-1, (-1, 2))
-    a, b = pairs.unbind(-1)
-    out = torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
-    return out.to(dtype)
+    return rotate_pairs(x, cos, sin)
