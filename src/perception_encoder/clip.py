@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configs import CLIPConfig
-from .text import TextTransformer
+from .text import TextTransformer, check_token_ids, trim_after_last_eot
 from .vision import VisionTransformer
 
 
@@ -45,7 +45,14 @@ class CLIP(nn.Module):
         return feats.view(b, n, -1).mean(dim=1)
 
     def encode_text(self, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Token ids ``(B, L)`` (from ``perception_encoder.tokenizer``) -> embeddings ``(B, embed_dim)``."""
+        """Token ids ``(B, L)`` (from ``perception_encoder.tokenizer``) -> embeddings ``(B, embed_dim)``.
+
+        The ids are checked and cut after the batch's last end-of-text token here, before the text tower
+        runs, so a compiled tower (``model.text.compile()``) gets the short batches too.
+        """
+        if not torch.compiler.is_compiling():
+            check_token_ids(token_ids, self.text.config.vocab_size, self.text.config.context_length)
+            token_ids = trim_after_last_eot(token_ids)
         x = self.text(token_ids)
         return F.normalize(x, dim=-1) if normalize else x
 

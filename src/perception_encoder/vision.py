@@ -21,6 +21,7 @@ from torch import nn
 
 from .configs import VisionConfig
 from .layers import AttentionPool, Transformer, rope_2d_tables
+from .layers.linear import linear
 from .layers.transformer import resolve_layer
 
 
@@ -93,13 +94,24 @@ class VisionTransformer(nn.Module):
         grid = F.interpolate(grid, size=(grid_h, grid_w), mode="bilinear", align_corners=False)
         return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)], dim=0)
 
+    def _patch_tokens(self, pixels: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+        """``conv1`` as one matrix product over flattened patches: ``(B, 3, H, W)`` -> ``(B, grid_h *
+        grid_w, width)``, tokens in row-major order. Same arithmetic as the strided convolution (pixels
+        past the last whole patch are dropped too), without the convolution's layout reorders and the
+        transposed copy of its output."""
+        p = self.patch_size
+        b, c = pixels.shape[:2]
+        patches = pixels[:, :, : grid_h * p, : grid_w * p].reshape(b, c, grid_h, p, grid_w, p)
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(b, grid_h * grid_w, c * p * p)
+        return linear(patches, self.conv1.weight.reshape(self.width, -1))
+
     def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Patch-embed and position ``pixels``; returns tokens ``(B, T, width)`` after ``ln_pre`` and the
         RoPE tables for this grid (``None`` when the model has no RoPE)."""
         self._check_pixels(pixels)
         b = pixels.shape[0]
         grid_h, grid_w = self.grid_shape(*pixels.shape[-2:])
-        x = self.conv1(pixels.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)  # row-major tokens
+        x = self._patch_tokens(pixels.to(self.conv1.weight.dtype), grid_h, grid_w)
         if self.config.use_cls_token:
             x = torch.cat([self.class_embedding.view(1, 1, -1).expand(b, -1, -1).to(x.dtype), x], dim=1)
         if self.config.use_abs_posemb:
