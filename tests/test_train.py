@@ -120,6 +120,16 @@ def test_fixed_temperature_and_clamp(tmp_path):
     assert float(result.model.logit_scale.detach()) == pytest.approx(LN_100)
 
 
+def test_freeze_leaves_parameters_untouched(tmp_path):
+    before = _initial_state(tmp_path)
+    result = train(_config(tmp_path, freeze=["text.token_embedding", "visual.conv1"]))
+    changed = _changed(result, before)
+    assert "text.token_embedding.weight" not in changed and "visual.conv1.weight" not in changed
+    assert "text.text_projection" in changed
+    with pytest.raises(ValueError, match="no parameter name starts with 'vision.'"):
+        train(_config(tmp_path / "b", freeze=["vision."]))
+
+
 def test_adamw_instead_of_lamb(tmp_path):
     result = train(_config(tmp_path, optim={"name": "adamw", "lr": 1e-3}))
     assert isinstance(result.losses[0], float) and result.finished
@@ -141,6 +151,13 @@ def test_augmentation_off_and_warmup_cosine(tmp_path):
     lrs = [r["lr"] for r in read_metrics(result.metrics_path)]
     assert lrs[0] == pytest.approx(1e-3) and lrs[1] == pytest.approx(2e-3)
     assert lrs[2] > lrs[3] > 0
+
+
+def test_loader_workers_give_the_same_run(tmp_path):
+    # per-sample seeds: the batches do not depend on which process loads them
+    plain = train(_config(tmp_path / "a"))
+    workers = train(_config(tmp_path / "b", data={"num_workers": 2}))
+    assert workers.losses == plain.losses
 
 
 def test_activation_checkpointing_gives_the_same_run(tmp_path):
@@ -280,12 +297,15 @@ def test_cli_flags_override_the_config_file(tmp_path):
             "--stages",
             "16:1,32:1",
             "--no-mask",
+            "--freeze",
+            "visual.",
             "--print-config",
         ],
     )
     assert res.exit_code == 0, res.output
     printed = json.loads(res.output)
     assert printed["optim"]["lr"] == 0.01 and printed["mask"]["enabled"] is False
+    assert printed["freeze"] == ["visual."]
     assert printed["stages"] == [{"image_size": 16, "steps": 1}, {"image_size": 32, "steps": 1}]
     res = runner.invoke(
         command, ["--config", str(tmp_path / "run.json"), "--steps", "1", "--out", str(tmp_path / "cli")]

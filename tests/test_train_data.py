@@ -276,3 +276,26 @@ def test_masking_choices_and_patches():
     clips = torch.randn(1, 2, 3, 16, 16)
     yc = mask_patches(clips, 8, 0.5, ["c"])
     assert torch.equal(yc[:, 0] == 0, yc[:, 1] == 0)  # one mask for every frame of a clip
+
+
+def test_video_file_rows_give_clips(tmp_path):
+    av = pytest.importorskip("av")
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(6):
+            frame = av.VideoFrame.from_image(_image(i, 32))
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    (tmp_path / "clips.csv").write_text("video,caption\nclip.mp4,shapes moving\nbroken.mp4,nothing\n")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    src = open_source(DataConfig(source=str(tmp_path / "clips.csv"), frames=3))
+    clip = src.load(0)
+    assert len(clip.image) == 3 and clip.image[0].size == (32, 32) and clip.caption == "shapes moving"
+    with pytest.raises(BadSampleError, match="broken.mp4"):
+        src.load(1)
+    ds = TrainingDataset(src, TrainTransform(AugmentConfig()), video=True)
+    pixels, caption, slot = ds[SampleKey(0, "k", 16, 3)]
+    assert pixels.shape == (3, 3, 16, 16) and slot == 3
+    assert isinstance(ds[SampleKey(1, "k", 16, 0)], BadSample)

@@ -53,9 +53,17 @@ def _overrides(**flags: Any) -> dict[str, Any]:
         out["stages"] = [
             {"image_size": s.image_size, "steps": s.steps} for s in parse_stages(flags["stages"])
         ]
+        out["steps"] = None  # a flag replaces the file's run length, whichever form it had
+    elif flags.get("steps") is not None:
+        out["stages"] = []
+    if flags.get("freeze"):
+        out["freeze"] = list(flags["freeze"])
     if flags.get("model_config"):
         with open(flags["model_config"]) as f:
             out["model_config"] = json.load(f)
+        out["model"] = None
+    elif flags.get("model"):
+        out["model_config"] = None  # a --model flag replaces the file's model, in either form
     for flag, key in (
         ("augment", "augment.enabled"),
         ("mask", "mask.enabled"),
@@ -111,6 +119,9 @@ Examples:
 @click.option("--mask-fraction", type=float, help="Fraction of each batch re-encoded masked (default 1/16).")
 @click.option("--mask-ratio", type=float, help="Fraction of patches masked in those images.")
 @click.option("--learn-temperature/--fixed-temperature", "learn_temperature", default=None)
+@click.option(
+    "--freeze", multiple=True, help="Leave parameters with this name prefix untrained (repeatable)."
+)
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="bf16/fp16: autocast.")
 @click.option("--grad-checkpointing/--no-grad-checkpointing", default=None, help="Activation checkpointing.")
 @click.option("--device", help="auto, cpu, cuda, cuda:1 ...")
@@ -122,8 +133,9 @@ Examples:
 @click.option("--stop-at-step", type=int, help="End this invocation at that step (resume later).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar.")
 @click.option("--tensorboard/--no-tensorboard", default=None, help="Also log to TensorBoard (if installed).")
+@click.option("--threads", type=int, help="CPU threads per process (torch.set_num_threads).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as JSON and exit.")
-def command(config_path: str | None, print_config: bool, **flags: Any) -> None:
+def command(config_path: str | None, print_config: bool, threads: int | None, **flags: Any) -> None:
     """Contrastive training / fine-tuning with PE's recipe (LAMB, progressive resolution, augmentation,
     mask regularisation, video frame averaging), on one process or under torchrun."""
     from ..train import TrainConfig, train
@@ -138,6 +150,10 @@ def command(config_path: str | None, print_config: bool, **flags: Any) -> None:
     except (ValueError, FileNotFoundError, json.JSONDecodeError) as e:
         raise click.UsageError(str(e)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
     try:
         result = train(config)
     except (ValueError, FileNotFoundError) as e:

@@ -117,11 +117,11 @@ class ShapesGenerator:
         rng = self._rng(split, index)
         combos = combinations(split)
         r = rng.random()
-        if r < 0.5:
+        if r < 0.55:
             return self._single(rng, rng.choice(combos), with_words=True)
-        if r < 0.7:
+        if r < 0.72:
             return self._many(rng, rng.choice(combos))
-        if r < 0.85:
+        if r < 0.9:
             # a held-out object is always the main one in the test split; the other comes from training
             return self._pair(rng, rng.choice(combos), rng.choice(combinations("train")))
         return self._word(rng)
@@ -160,7 +160,7 @@ class ShapesGenerator:
         if shape == "square":
             pts = _regular(cx, cy, r * 0.95 * math.sqrt(2), 4, angle + math.pi / 4)
         elif shape == "diamond":
-            pts = [(cx, cy - r), (cx + 0.65 * r, cy), (cx, cy + r), (cx - 0.65 * r, cy)]
+            pts = [(cx, cy - r), (cx + 0.72 * r, cy), (cx, cy + r), (cx - 0.72 * r, cy)]
         elif shape == "triangle":
             pts = _regular(cx, cy + 0.15 * r, 1.15 * r, 3, -math.pi / 2 + angle)
         elif shape == "star":
@@ -183,7 +183,7 @@ class ShapesGenerator:
         img, draw = self._canvas(rng)
         side = 2 * self.image_size
         size_word = rng.choice(("", "", "small", "large"))
-        lo, hi = {"": (0.17, 0.22), "small": (0.11, 0.14), "large": (0.26, 0.31)}[size_word]
+        lo, hi = {"": (0.2, 0.25), "small": (0.14, 0.17), "large": (0.28, 0.33)}[size_word]
         r = rng.uniform(lo, hi)
         pos_word = rng.choice(("",) * 3 + tuple(_POSITIONS))
         if pos_word:
@@ -196,7 +196,7 @@ class ShapesGenerator:
         self._draw_shape(draw, shape, color, px * side, py * side, r * side, angle)
         if not with_words:
             size_word, pos_word = "", ""
-        if with_words and rng.random() < 0.15:
+        if with_words and rng.random() < 0.1:
             words = rng.choice((f"{color} shape", shape, f"{color} object"))
             return ShapeSample(self._finish(img), f"{_article(words)} {words}", f"{color} {shape}", "single")
         words = " ".join(w for w in (size_word, color, shape) if w)
@@ -208,7 +208,7 @@ class ShapesGenerator:
         img, draw = self._canvas(rng)
         side = 2 * self.image_size
         count = rng.choice((2, 3, 4))
-        r = rng.uniform(0.09, 0.12)
+        r = rng.uniform(0.11, 0.14)
         centres: list[tuple[float, float]] = []
         while len(centres) < count:  # rejection sampling; with these radii it ends within a few tries
             c = (rng.uniform(r + 0.03, 0.97 - r), rng.uniform(r + 0.03, 0.97 - r))
@@ -226,7 +226,7 @@ class ShapesGenerator:
                 second = (second[0], SHAPES[(SHAPES.index(second[1]) + 1) % len(SHAPES)])
         img, draw = self._canvas(rng)
         side = 2 * self.image_size
-        r = rng.uniform(0.13, 0.17)
+        r = rng.uniform(0.15, 0.19)
         y1, y2 = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7)
         x1, x2 = rng.uniform(0.18, 0.3), rng.uniform(0.7, 0.82)
         left_first = rng.random() < 0.5

@@ -137,12 +137,26 @@ def build_model(config: TrainConfig) -> CLIP:
             raise ValueError(f"init {config.init!r} is not a CLIP model (it has no text tower)")
         if cfg is not None and cfg != model.config:
             fresh = CLIP(cfg)
-            fresh.load_state_dict(model.state_dict())  # raises if the shapes differ
+            try:
+                fresh.load_state_dict(model.state_dict())
+            except RuntimeError as e:
+                raise ValueError(f"init {config.init!r} does not fit the configured model: {e}") from None
             model = fresh
         return model.float()
     assert cfg is not None
     torch.manual_seed(config.seed)
     return init_clip_weights(CLIP(cfg))
+
+
+def freeze(model: nn.Module, prefixes: list[str]) -> None:
+    """Stop training every parameter whose name starts with one of ``prefixes``."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n in names):
+            raise ValueError(f"freeze: no parameter name starts with {prefix!r} (e.g. 'visual.', 'text.')")
+    for name, p in model.named_parameters():
+        if any(name.startswith(prefix) for prefix in prefixes):
+            p.requires_grad_(False)
 
 
 # --- data stream ------------------------------------------------------------------------------------------
@@ -226,6 +240,7 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
     model.to(device)
     model.set_grad_checkpointing(config.grad_checkpointing)
     model.logit_scale.requires_grad_(config.loss.learn_logit_scale)
+    freeze(model, config.freeze)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, total)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
