@@ -186,7 +186,7 @@ def _shapes(sd: dict) -> dict:
     return {k: tuple(v.shape) for k, v in sd.items()}
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [n for n in list_models() if n in TIMM_NAMES])  # released towers
 def test_timm_key_set_matches_timm_full_size(name):
     timm = pytest.importorskip("timm")
     v = get_model_info(name).vision
