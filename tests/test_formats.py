@@ -8,29 +8,13 @@ import pytest
 import torch
 
 from conftest import randomize, rel_err, released_config, tiny_clip_config, tiny_vision_config
+from peers import TIMM_NAMES
 from perception_encoder.clip import CLIP
 from perception_encoder.configs import CLIPConfig, get_model_info, list_models
 from perception_encoder.errors import CheckpointError
 from perception_encoder.vision import VisionTransformer
 from perception_encoder.weights import formats as F
 
-# timm's tower for each released architecture (the -Tiling twins share their base's)
-TIMM_NAMES = {
-    "PE-Core-T16-384": "vit_pe_core_tiny_patch16_384",
-    "PE-Core-S16-384": "vit_pe_core_small_patch16_384",
-    "PE-Core-B16-224": "vit_pe_core_base_patch16_224",
-    "PE-Core-L14-336": "vit_pe_core_large_patch14_336",
-    "PE-Core-G14-448": "vit_pe_core_gigantic_patch14_448",
-    "PE-Lang-L14-448": "vit_pe_lang_large_patch14_448",
-    "PE-Lang-G14-448": "vit_pe_lang_gigantic_patch14_448",
-    "PE-Lang-L14-448-Tiling": "vit_pe_lang_large_patch14_448",
-    "PE-Lang-G14-448-Tiling": "vit_pe_lang_gigantic_patch14_448",
-    "PE-Spatial-G14-448": "vit_pe_spatial_gigantic_patch14_448",
-    "PE-Spatial-L14-448": "vit_pe_spatial_large_patch14_448",
-    "PE-Spatial-B16-512": "vit_pe_spatial_base_patch16_512",
-    "PE-Spatial-S16-512": "vit_pe_spatial_small_patch16_512",
-    "PE-Spatial-T16-512": "vit_pe_spatial_tiny_patch16_512",
-}
 OPEN_CLIP_NAMES = {
     "PE-Core-T16-384": "PE-Core-T-16-384",
     "PE-Core-S16-384": "PE-Core-S-16-384",
