@@ -180,3 +180,17 @@ def test_nearest_matches_a_stable_sort_with_many_ties():
         vals, idx = nearest(sims, k)
         ref_vals, ref_idx = sims.sort(dim=1, descending=True, stable=True)
         assert torch.equal(vals, ref_vals[:, :k]) and torch.equal(idx, ref_idx[:, :k])
+
+
+def test_linear_probe_scores_report_c_and_convergence():
+    from perception_encoder.eval.probe import linear_probe_scores
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=g) * 3
+    y = torch.arange(3).repeat(10)
+    x = centres[y] + torch.randn(30, 8, generator=g)
+    fit = linear_probe_scores(x, y, centres, num_classes=4, c=[0.1, 10.0])
+    assert fit.c in (0.1, 10.0) and fit.converged
+    assert fit.scores.shape == (3, 4) and fit.scores[:, 3].eq(float("-inf")).all()  # class 3 never trained
+    assert fit.scores[:, :3].argmax(1).tolist() == [0, 1, 2]
+    assert not linear_probe_scores(x, y, centres, num_classes=3, max_iter=1).converged

@@ -13,9 +13,10 @@ of the patch tokens / the CLS token after block k. Metrics are those of zero-sho
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -55,6 +56,14 @@ def _standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [(x - mean) / std for x in (train, *others)]
 
 
+class ProbeFit(NamedTuple):
+    """What :func:`linear_probe_scores` returns."""
+
+    scores: torch.Tensor  # (M, num_classes) log-probabilities
+    c: float
+    converged: bool
+
+
 def linear_probe_scores(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -64,12 +73,13 @@ def linear_probe_scores(
     c: float | Sequence[float] = 1.0,
     max_iter: int = 1000,
     seed: int = 0,
-) -> tuple[torch.Tensor, float]:
+) -> ProbeFit:
     """Fit logistic regression on ``train_x`` ``(N, D)`` / ``train_y`` ``(N,)`` and score ``test_x``.
 
-    Returns class log-probabilities ``(M, num_classes)`` (``-inf`` for classes absent from the training set)
-    and the inverse regularisation strength ``C`` used (with several values, the best on a fixed 20% of the
-    training set; the first value when that part is too small to hold two classes).
+    Returns a :class:`ProbeFit`: class log-probabilities ``(M, num_classes)`` (``-inf`` for classes absent
+    from the training set), the inverse regularisation strength ``C`` used (with several values, the best on
+    a fixed 20% of the training set; the first value when that part is too small to hold two classes), and
+    whether L-BFGS converged within ``max_iter`` iterations.
     """
     LogisticRegression, train_test_split = require_sklearn()
     xtr = train_x.double().numpy()
@@ -82,7 +92,12 @@ def linear_probe_scores(
         raise ValueError(f"C values must be positive, got {cs}")
 
     def fit(x: np.ndarray, y: np.ndarray, value: float):
-        return LogisticRegression(C=value, max_iter=max_iter, tol=1e-6).fit(x, y)
+        # non-convergence is reported in the result rather than as a warning per fit
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=ConvergenceWarning)
+            return LogisticRegression(C=value, max_iter=max_iter, tol=1e-6).fit(x, y)
 
     best = cs[0]
     if len(cs) > 1:
@@ -104,7 +119,7 @@ def linear_probe_scores(
         logp = clf.predict_log_proba(xte_s)
     scores = torch.full((xte.shape[0], num_classes), float("-inf"), dtype=torch.float64)
     scores[:, torch.as_tensor(clf.classes_).long()] = torch.from_numpy(logp)
-    return scores, best
+    return ProbeFit(scores, best, bool(np.max(clf.n_iter_) < max_iter))
 
 
 def knn_scores(
@@ -238,9 +253,14 @@ def evaluate_linear_probe(
     """
 
     def classify(xtr, ytr, xte, n, result):
-        scores, used = linear_probe_scores(xtr, ytr, xte, n, c=c, max_iter=max_iter)
-        result["c"] = used
-        return scores
+        fit = linear_probe_scores(xtr, ytr, xte, n, c=c, max_iter=max_iter)
+        result["c"] = fit.c
+        result["converged"] = fit.converged
+        if not fit.converged:
+            result.setdefault("notes", []).append(
+                f"logistic regression stopped at max_iter={max_iter} before converging; raise --max-iter"
+            )
+        return fit.scores
 
     return _probe(
         "linear_probe", model, train, test, features, transform, batch_size, num_workers, progress, classify

@@ -105,7 +105,7 @@ def render_table(results: dict[str, Any]):
     """A ``rich.table.Table``: metrics in percent, then the run's facts and the sample counts."""
     from rich.table import Table
 
-    table = Table(title=f"pe eval {results.get('task', '')}".strip(), show_header=True)
+    table = Table(title=f"pe eval {results.get('task', '').replace('_', '-')}".strip(), show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in results.get("metrics", {}).items():
