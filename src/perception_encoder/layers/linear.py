@@ -93,12 +93,15 @@ def linear(
     """
     if gelu and residual is not None:
         raise ValueError("linear: gelu and residual cannot be combined")
-    fusable_residual = residual is None or (
-        residual.dtype == x.dtype
-        and residual.is_contiguous()
-        and residual.shape == (*x.shape[:-1], weight.shape[0])
+    fast = _use_onednn(x, weight, bias) and (
+        residual is None
+        or (
+            residual.dtype == x.dtype
+            and residual.is_contiguous()
+            and residual.shape == (*x.shape[:-1], weight.shape[0])
+        )
     )
-    if fusable_residual and _use_onednn(x, weight, bias):
+    if fast:
         op = torch.ops.mkldnn._linear_pointwise
         if residual is not None:
             return op.binary(x, residual, weight, bias, "add")
