@@ -72,21 +72,29 @@ def embed_paths(
     num_workers: int = 0,
     progress: bool = False,
 ) -> EmbeddingResult:
-    """Embed image and video files with a CLIP model or a vision tower.
+    """Embed image and video files with a CLIP model or a vision tower, or an ONNX image graph.
 
     Without ``layer``: the model's own embedding (PE-Core: pooled and projected; token models: the mean of
     the output patch tokens). With ``layer=k``: block ``k``'s patch tokens averaged (``pool="mean"``) or
     its CLS token (``pool="cls"``). Videos get the mean of their frame embeddings. ``normalize`` L2-normalises
     each output row (after the video mean).
+
+    ``model`` may also be an ``export.OnnxEncoder`` of an image graph (``pe export onnx --what image``): the
+    graph then encodes every image and video frame in onnxruntime, at the size it was exported for
+    (``layer`` and ``image_size`` do not apply to it).
     """
     from .video import is_video_file
 
-    visual = vision_tower(model)
-    spec = FeatureSpec() if layer is None else FeatureSpec(pool=pool, layer=layer)
-    encode = feature_encoder(model, spec)
-    transform = image_transform(image_size or visual.config.image_size)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    if _is_onnx_encoder(model):
+        encode, size, device, dtype = _onnx_image_encoder(model, layer, pool, image_size)
+        transform = image_transform(size)
+    else:
+        visual = vision_tower(model)
+        spec = FeatureSpec() if layer is None else FeatureSpec(pool=pool, layer=layer)
+        encode = feature_encoder(model, spec)
+        transform = image_transform(image_size or visual.config.image_size)
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
 
     def cast(fn):
         return lambda x: fn(x.to(device, dtype))
@@ -126,6 +134,32 @@ def embed_paths(
     if normalize:
         embs = F.normalize(embs, dim=-1)
     return EmbeddingResult(embs, [files[i] for i in order], skipped)
+
+
+def _is_onnx_encoder(model: object) -> bool:
+    from .export.runtime import OnnxEncoder
+
+    return isinstance(model, OnnxEncoder)
+
+
+def _onnx_image_encoder(encoder, layer: int | None, pool: str, image_size: int | None):
+    """(encode, image size, device, dtype) for an ONNX image graph, after checking it fits the request."""
+    if encoder.what != "image":
+        raise ValueError(
+            f"{encoder.path.name} encodes {encoder.what}s; pe embed needs an image graph "
+            "(pe export onnx --what image); videos are embedded frame by frame with it"
+        )
+    if layer is not None:
+        raise ValueError("--layer needs the torch backend: an exported graph only gives the final embedding")
+    if image_size is not None and image_size != encoder.image_size:
+        raise ValueError(f"{encoder.path.name} was exported for {encoder.image_size} px, not {image_size}")
+    prefix = int(encoder.config.use_cls_token)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        out = encoder.encode_image(x)
+        return out[:, prefix:].mean(dim=1) if out.ndim == 3 else out  # token models: mean patch token
+
+    return encode, encoder.image_size, torch.device("cpu"), torch.float32
 
 
 def save_embeddings(result: EmbeddingResult, out: str | os.PathLike) -> list[Path]:
