@@ -295,3 +295,28 @@ def config_from_dict(data: dict[str, Any]) -> ModelConfig:
 
 def config_to_json(config: ModelConfig) -> str:
     return json.dumps(config_to_dict(config), indent=2)
+
+
+# --- the bundled offline model (trained by scripts/train_bundled.py on synthetic shapes) ------------------
+
+register(
+    ModelInfo(
+        name="PE-Core-Shapes-T8-64",
+        family="bundled",
+        config=CLIPConfig(
+            vision=VisionConfig(
+                image_size=64,
+                patch_size=8,
+                width=128,
+                depth=4,
+                heads=2,
+                mlp_dim=512,
+                attn_pooler_heads=8,
+                output_dim=128,
+            ),
+            text=TextConfig(context_length=32, width=128, depth=3, heads=2, mlp_dim=512, output_dim=128),
+        ),
+        local_weights="bundled/PE-Core-Shapes-T8-64.safetensors",
+        description="CLIP, tiny, trained on synthetic coloured shapes (offline demo)",
+    )
+)

@@ -158,6 +158,8 @@ def command(config_path: str | None, print_config: bool, threads: int | None, **
         result = train(config)
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
+    if result.rank != 0:
+        return  # under torchrun, rank 0 reports
     summary = {
         "step": result.step,
         "total_steps": result.total_steps,

@@ -92,6 +92,9 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; use the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -19,6 +19,7 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    owns_group: bool = False  # this call created the process group (and ends it with ``shutdown``)
 
     @property
     def is_main(self) -> bool:
@@ -51,7 +52,7 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
     if world <= 1:
         info = DistInfo()
         return info, resolve_device(device_name, info)
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world, owns_group=True)
     device = resolve_device(device_name, info)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
@@ -72,3 +73,9 @@ def all_reduce_sum(value: float | int, info: DistInfo, device: torch.device) -> 
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    """Leave the process group if ``init_distributed`` created it."""
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()

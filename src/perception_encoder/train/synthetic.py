@@ -200,6 +200,8 @@ class ShapesGenerator:
             words = rng.choice((f"{color} shape", shape, f"{color} object"))
             return ShapeSample(self._finish(img), f"{_article(words)} {words}", f"{color} {shape}", "single")
         words = " ".join(w for w in (size_word, color, shape) if w)
+        if with_words and rng.random() < 0.15:  # a bare label, as class names are often given
+            return ShapeSample(self._finish(img), words, f"{color} {shape}", "single")
         caption = f"{rng.choice(_PREFIXES)}{_article(words)} {words}" + (f" {pos_word}" if pos_word else "")
         return ShapeSample(self._finish(img), caption, f"{color} {shape}", "single")
 

@@ -46,7 +46,7 @@ from .checkpoint import (
 )
 from .config import Stage, TrainConfig, stage_at
 from .data import Batch, Collator, EpochBatches, TrainingDataset, open_source
-from .distributed import DistInfo, barrier, init_distributed
+from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .init import init_clip_weights
 from .loss import clip_loss, mask_consistency_loss
 from .masking import mask_patches, masked_slots
@@ -73,6 +73,7 @@ class TrainResult:
     model_path: Path | None = None
     metrics_path: Path | None = None
     seconds: float = 0.0
+    rank: int = 0  # the process that returned this result (0 writes the run folder)
 
     @property
     def finished(self) -> bool:
@@ -409,7 +410,9 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
     if result.finished and info.is_main:
         result.model_path = export_model(model, out / "model.safetensors")
     barrier(info)
+    shutdown(info)
     model.eval()
+    result.rank = info.rank
     result.seconds = time.time() - started
     return result
 
