@@ -381,3 +381,16 @@ def test_inspect_a_custom_clip_checkpoint(tmp_path, tiny_clip):
     assert info["vision_heads"] == 2 and info["output_dim"] == 16 and info["pool"] == "attn"
     assert info["parameters"] == sum(p.numel() for p in tiny_clip.parameters())
     assert info["dtype"] == "float32"
+
+
+def test_half_precision_checkpoint_loads_as_float32_by_default(tmp_path):
+    import perception_encoder as pe
+    from perception_encoder.weights.io import read_state_dict
+
+    model = randomize(CLIP(tiny_clip_config()))
+    path = tmp_path / "half.safetensors"
+    pe.save(model.half(), path)
+    assert read_state_dict(path)["logit_scale"].dtype == torch.float16
+    assert {p.dtype for p in pe.load(path).parameters()} == {torch.float32}
+    assert {p.dtype for p in pe.load(path, dtype="fp16").parameters()} == {torch.float16}
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # saved files get the usual permissions

@@ -77,6 +77,10 @@ _EXPORTS: dict[str, str] = {
     "zero_shot_classifier": "zeroshot",
     "zero_shot_probs": "zeroshot",
     "zero_shot_logits": "zeroshot",
+    # training
+    "TrainConfig": "train",
+    "TrainResult": "train",
+    "Lamb": "train",
     # errors
     "PEError": "errors",
     "ImageLoadError": "errors",

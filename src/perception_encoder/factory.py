@@ -200,12 +200,14 @@ def load(
     ``<stem>.json`` beside it, the safetensors metadata, or the tensor shapes).
     ``checkpoint``: a local file in any supported layout (auto-detected), an ``hf-hub:<repo>[/<file>]``
     string, or ``None`` for the model's released weights (hub cache, honouring ``HF_HUB_OFFLINE``) or its
-    bundled file. ``pretrained=False`` gives random weights. ``vision_only=True`` gives the vision tower
+    bundled file. ``pretrained=False`` gives random weights. ``dtype`` defaults to float32, whatever the
+    checkpoint stores. ``vision_only=True`` gives the vision tower
     (a CLIP checkpoint can feed it). ``device`` / ``dtype`` apply tensor by tensor while loading.
     Errors: ``UnknownModelError`` (unknown name, with suggestions), ``CheckpointError`` (missing, unreadable
     or mismatched checkpoint, with the likely cause).
     """
-    dtype = _as_dtype(dtype)
+    # float32 unless asked: a checkpoint stored in half precision (e.g. the bundled one) still computes in fp32
+    dtype = _as_dtype(dtype) or torch.float32
     info: ModelInfo | None = None
     config: ModelConfig | None = None
     if _is_path_like(name) or is_hub_spec(name):

@@ -11,9 +11,7 @@ which ``perception_encoder.load`` reads like any other checkpoint.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from ..configs import config_to_dict
+from ..weights.io import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -88,17 +87,7 @@ def save_training_state(
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; use the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def find_resume(resume: str | None, out_dir: str | Path) -> Path | None:

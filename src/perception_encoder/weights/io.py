@@ -212,13 +212,20 @@ def _plain_tensors(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     return out
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder so an interrupted save leaves no broken file."""
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder so an interrupted save leaves no broken file.
+
+    ``write(tmp_path)`` writes the content; the file then gets the usual permissions (``mkstemp`` makes
+    owner-only files) and replaces ``path``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -251,12 +258,12 @@ def write_checkpoint(
             meta["pe_layout"] = layout
         if config is not None:
             meta[CONFIG_METADATA_KEY] = config_to_json(config)
-        _atomic_write(p, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write(p, lambda tmp: save_file(tensors, tmp, metadata=meta))
     else:
-        _atomic_write(p, lambda tmp: torch.save(tensors, tmp))
+        atomic_write(p, lambda tmp: torch.save(tensors, tmp))
     if config is not None:
         text = config_to_json(config) + "\n"
-        _atomic_write(config_path_for(p), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write(config_path_for(p), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return p
 
 
