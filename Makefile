@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/pe classify examples/images/*.png --labels "a red circle,a blue square,a green triangle,a yellow star"
+	$(VENV)/bin/pe classify examples/images/*.png --labels "red square,green triangle,blue cross,yellow star,purple circle,white diamond"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -63,9 +63,11 @@ def command(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*[f"#{i + 1}" for i in range(min(top, len(names)))])
+    table = Table()
     table.add_column("file", overflow="fold")  # long paths wrap rather than being cut
+    for i in range(min(top, len(names))):
+        table.add_column(f"#{i + 1}", no_wrap=True)
     for path, pr in zip(result.paths, probs, strict=True):
         best = pr.argsort(descending=True)[:top]
-        table.add_row(*[f"{names[i]} {100 * pr[i]:.1f}%" for i in best.tolist()], str(path))
+        table.add_row(str(path), *[f"{names[i]} {100 * pr[i]:.1f}%" for i in best.tolist()])
     Console().print(table)
