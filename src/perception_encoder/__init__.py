@@ -77,6 +77,13 @@ _EXPORTS: dict[str, str] = {
     "zero_shot_classifier": "zeroshot",
     "zero_shot_probs": "zeroshot",
     "zero_shot_logits": "zeroshot",
+    # evaluation
+    "evaluate_zeroshot": "eval.zeroshot",
+    "evaluate_retrieval": "eval.retrieval",
+    "evaluate_linear_probe": "eval.probe",
+    "evaluate_knn": "eval.probe",
+    "evaluate_video_zeroshot": "eval.video",
+    "evaluate_video_retrieval": "eval.video",
     # training
     "TrainConfig": "train",
     "TrainResult": "train",
