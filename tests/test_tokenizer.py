@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from perception_encoder.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE, Tokenizer, tokenizer
+from perception_encoder.tokenization import EOT_ID, SOT_ID, VOCAB_SIZE, Tokenizer, tokenizer
 
 # The module itself (``from perception_encoder import tokenizer`` may give the factory function).
-tokenizer_module = importlib.import_module("perception_encoder.tokenizer")
+tokenizer_module = importlib.import_module("perception_encoder.tokenization")
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -403,9 +403,9 @@ def test_bad_inputs():
 
 
 def test_public_name_works_whatever_the_import_order():
-    # Importing the submodule first makes the package attribute the module; it must still be callable.
+    # Importing the submodule first must not shadow the public factory pe.tokenizer.
     code = (
-        "import perception_encoder.tokenizer, perception_encoder as pe\n"
+        "import perception_encoder.tokenization, perception_encoder as pe\n"
         "t = pe.tokenizer(72)\n"
         "assert isinstance(t, pe.Tokenizer) and t.context_length == 72, t\n"
         "print(t('a cat')[0, :4].tolist())\n"

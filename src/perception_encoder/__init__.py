@@ -41,8 +41,8 @@ _EXPORTS: dict[str, str] = {
     "infer_config": "weights.io",
     "read_state_dict": "weights.io",
     # data in
-    "tokenizer": "tokenizer",
-    "Tokenizer": "tokenizer",
+    "tokenizer": "tokenization",
+    "Tokenizer": "tokenization",
     "image_transform": "transforms",
     "ImageTransform": "transforms",
     "load_image": "images",

@@ -48,7 +48,7 @@ def zero_shot_classifier(
     if not templates:
         raise ValueError("zero-shot classification needs at least one prompt template")
     if tokenizer is None:
-        from .tokenizer import tokenizer as make_tokenizer
+        from .tokenization import tokenizer as make_tokenizer
 
         tokenizer = make_tokenizer(model.text.context_length)
     prompts = [_fill(t, c) for c in classnames for t in templates]

@@ -125,7 +125,7 @@ def text_similarity(
         if not text.strip():
             raise ValueError("the text prompt is empty")
         if tokenizer is None:
-            from ..tokenizer import tokenizer as make_tokenizer
+            from ..tokenization import tokenizer as make_tokenizer
 
             tokenizer = make_tokenizer(model.text.context_length)
         ids = tokenizer([text])

@@ -257,7 +257,7 @@ def embed_texts(
 ) -> torch.Tensor:
     """Normalised text embeddings ``(T, D)`` (float32, CPU); ``tokenizer`` defaults to the CLIP tokenizer."""
     if tokenizer is None:
-        from ..tokenizer import tokenizer as make_tokenizer
+        from ..tokenization import tokenizer as make_tokenizer
 
         tokenizer = make_tokenizer(model.text.context_length)
     device = model_device(model)

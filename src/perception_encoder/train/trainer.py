@@ -272,7 +272,7 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
             f"data source {config.data.source!r} has {len(source)} samples, fewer than one batch ({config.batch_size})"
         )
     dataset = TrainingDataset(source, TrainTransform(config.augment), video=config.data.frames is not None)
-    from ..tokenizer import tokenizer as make_tokenizer
+    from ..tokenization import tokenizer as make_tokenizer
 
     collator = Collator(make_tokenizer(model.text.context_length))
 

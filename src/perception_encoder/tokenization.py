@@ -20,8 +20,6 @@ import functools
 import gzip
 import html
 import operator
-import sys
-import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,15 +295,3 @@ class Tokenizer:
 def tokenizer(context_length: int = DEFAULT_CONTEXT_LENGTH) -> Tokenizer:
     """The CLIP tokenizer for PE-Core text towers (context 32 for B/L/S/T, 72 for bigG)."""
     return Tokenizer(context_length)
-
-
-class _CallableModule(types.ModuleType):
-    """This module shares its name with the ``tokenizer`` factory. Importing the module (e.g. ``from
-    perception_encoder.tokenizer import Tokenizer``) makes ``perception_encoder.tokenizer`` refer to the
-    module, so calling the module forwards to the factory to keep ``pe.tokenizer(72)`` working either way."""
-
-    def __call__(self, context_length: int = DEFAULT_CONTEXT_LENGTH) -> Tokenizer:
-        return tokenizer(context_length)
-
-
-sys.modules[__name__].__class__ = _CallableModule
