@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import randomize, tiny_clip_config
-from perception_encoder.cli import evaluate as cli_eval
 from perception_encoder.cli.main import main
 from perception_encoder.clip import CLIP
 from perception_encoder.eval import class_folder, evaluate_zeroshot, read_templates
@@ -178,10 +177,12 @@ def test_video_cli(checkpoint, templates, tmp_path):
 
 
 def test_default_model_and_load_errors(checkpoint, folder, templates, monkeypatch):
-    monkeypatch.setattr(cli_eval, "_default_model", lambda: None)
+    from perception_encoder.cli import common
+
+    monkeypatch.setattr(common, "default_model", lambda: "PE-Core-B16-224")  # no weights offline
     r = run("zeroshot", folder, "--templates", templates)
-    assert r.exit_code == 2 and "no --model given" in r.output
-    monkeypatch.setattr(cli_eval, "_default_model", lambda: str(checkpoint))
+    assert r.exit_code == 1 and "cannot load model 'PE-Core-B16-224'" in r.output
+    monkeypatch.setattr(common, "default_model", lambda: str(checkpoint))
     r = run("zeroshot", folder, "--templates", templates, "--json", "-")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["model"] == str(checkpoint)

@@ -16,44 +16,18 @@ from typing import Any
 import click
 
 
-def _default_model() -> str | None:
-    from ..configs import list_models
-
-    bundled = list_models("bundled")
-    return bundled[0] if bundled else None
-
-
 def _load_model(
     model: str | None, checkpoint: str | None, device: str, dtype: str, vision_only: bool = False
 ):
-    """The model to evaluate, in eval mode on ``device``, and the name to report.
+    """The model to evaluate, in eval mode, and the name to report (the shared ``--model`` rules of
+    ``cli.common.load_model``: ``--checkpoint`` alone brings its own config; neither: the bundled model)."""
+    from .common import default_model, load_model
 
-    ``--checkpoint`` alone loads that file with the config saved beside it; ``--model`` alone a registered
-    model's own weights (or a checkpoint path given as the name); neither: the bundled model.
-    """
-    from .. import factory
-
-    if model is None and checkpoint is not None:
-        name, kwargs = checkpoint, {}
-    else:
-        name = model or _default_model()
-        if name is None:
-            raise click.UsageError("no --model given and no bundled model is registered: pass --model NAME")
-        kwargs = {"checkpoint": checkpoint} if checkpoint else {}
-    try:
-        loaded = factory.load(name, vision_only=vision_only, device=_device(device), dtype=dtype, **kwargs)
-    except (KeyError, ValueError, OSError, TypeError, RuntimeError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        raise click.ClickException(f"cannot load model {name!r}: {message}") from exc
+    name = model or checkpoint or default_model()
+    loaded = load_model(
+        model, checkpoint, None if device == "auto" else device, dtype, vision_only=vision_only
+    )
     return loaded.eval(), str(name)
-
-
-def _device(value: str) -> str:
-    if value != "auto":
-        return value
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _common(default_batch: int) -> Callable:
