@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
@@ -61,15 +59,16 @@ def timm_vision(name: str, visual, image_hw: tuple[int, int] | None = None):
     return model
 
 
-def open_clip_model(config: CLIPConfig, clip, vision_timm_name: str):
-    """An open_clip PE-Core model with ``clip``'s weights (text depth and vision tower taken from ``clip``)."""
+def open_clip_skeleton(config: CLIPConfig, vision_timm_name: str):
+    """open_clip's PE-Core model for ``config`` (text depth from the config, its timm trunk cut to the vision
+    depth), with open_clip's own random weights."""
     import open_clip
     from open_clip import factory
-    from timm.models.eva import checkpoint_filter_fn
 
-    name = f"_test_{vision_timm_name}_{config.text.width}_{config.text.depth}_{config.vision.depth}"
-    if name not in factory._MODEL_CONFIGS:
-        factory._MODEL_CONFIGS[name] = {
+    name = f"_test_{vision_timm_name}_{config.text.width}_{config.text.depth}"
+    factory._MODEL_CONFIGS.setdefault(
+        name,
+        {
             "embed_dim": config.text.output_dim,
             "vision_cfg": {
                 "image_size": config.vision.image_size,
@@ -86,11 +85,19 @@ def open_clip_model(config: CLIPConfig, clip, vision_timm_name: str):
                 "layers": config.text.depth,
             },
             "custom_text": True,
-        }
+        },
+    )
     model = open_clip.create_model(name, pretrained=None).eval()
+    model.visual.trunk.blocks = model.visual.trunk.blocks[: config.vision.depth]
+    return model
+
+
+def open_clip_model(config: CLIPConfig, clip, vision_timm_name: str):
+    """An open_clip PE-Core model with ``clip``'s weights (text depth and vision tower taken from ``clip``)."""
+    from timm.models.eva import checkpoint_filter_fn
+
+    model = open_clip_skeleton(config, vision_timm_name)
     trunk = model.visual.trunk
-    if len(trunk.blocks) != config.vision.depth:  # cut timm's trunk to our depth
-        trunk.blocks = trunk.blocks[: config.vision.depth]
     sd = {"logit_scale": clip.logit_scale.detach().clone()}
     vis = {k: v.detach().clone() for k, v in clip.visual.state_dict().items()}
     for k, v in checkpoint_filter_fn(vis, trunk).items():
@@ -100,4 +107,4 @@ def open_clip_model(config: CLIPConfig, clip, vision_timm_name: str):
     missing, unexpected = model.load_state_dict(sd, strict=False)
     assert not unexpected, unexpected
     assert all("attn_mask" in k for k in missing), missing
-    return copy.deepcopy(model)
+    return model

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import randomize, rel_err, released_config, tiny_clip_config, tiny_vision_config
-from peers import TIMM_NAMES
+from peers import TIMM_NAMES, open_clip_skeleton
 from perception_encoder.clip import CLIP
 from perception_encoder.configs import CLIPConfig, get_model_info, list_models
 from perception_encoder.errors import CheckpointError
@@ -252,38 +252,6 @@ def test_timm_state_dict_loads_into_ours_with_same_outputs(name):
     assert rel_err(ours(x), _timm_out(peer, cfg, x)) < 1e-5
 
 
-def _open_clip_model(config: CLIPConfig, timm_name: str):
-    """open_clip's PE-Core with ``config``'s text depth, its timm trunk cut to ``config``'s vision depth."""
-    import open_clip
-    from open_clip import factory
-
-    name = f"_pe_formats_test_{timm_name}_{config.text.depth}"
-    factory._MODEL_CONFIGS.setdefault(
-        name,
-        {
-            "embed_dim": config.text.output_dim,
-            "vision_cfg": {
-                "image_size": config.vision.image_size,
-                "timm_model_name": timm_name,
-                "timm_model_pretrained": False,
-                "timm_pool": "map",
-                "timm_proj": None,
-            },
-            "text_cfg": {
-                "context_length": config.text.context_length,
-                "vocab_size": config.text.vocab_size,
-                "width": config.text.width,
-                "heads": config.text.heads,
-                "layers": config.text.depth,
-            },
-            "custom_text": True,
-        },
-    )
-    model = open_clip.create_model(name, pretrained=None).eval()
-    model.visual.trunk.blocks = model.visual.trunk.blocks[: config.vision.depth]
-    return model
-
-
 def _tokens(config: CLIPConfig) -> torch.Tensor:
     g = torch.Generator().manual_seed(4)
     ids = torch.randint(1, 49406, (3, config.text.context_length), generator=g)
@@ -297,7 +265,7 @@ def test_open_clip_format_matches_open_clip_both_ways():
     pytest.importorskip("open_clip")
     config = released_config("PE-Core-T16-384", depth=1, text_depth=1)
     ours = randomize(CLIP(config), seed=5)
-    peer = _open_clip_model(config, "vit_pe_core_tiny_patch16_384")
+    peer = open_clip_skeleton(config, "vit_pe_core_tiny_patch16_384")
     peer.load_state_dict(F.from_native(ours.state_dict(), "open_clip"), strict=True)
     x = torch.randn(2, 3, 384, 384, generator=torch.Generator().manual_seed(6))
     ids = _tokens(config)
