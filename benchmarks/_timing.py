@@ -38,24 +38,33 @@ def interleaved(
     min_rounds: int = 1,
     max_rounds: int = 5,
     budget_s: float = 30.0,
+    cheap_s: float = 10.0,
+    cheap_rounds: int = 3,
 ) -> Timings:
     """Time each function in ``fns`` once per round, rotating the order each round.
 
     ``warmup`` (default: ``fns``) is called once per contestant first, untimed. Rounds continue until
     ``max_rounds`` are done, or the time spent (warm-up included) exceeds ``budget_s`` once ``min_rounds``
-    are done.
+    are done. When the first round takes under ``cheap_s`` seconds, at least ``cheap_rounds`` are run
+    whatever the budget: a median needs three.
     """
     start = time.perf_counter()
     for fn in (warmup or fns).values():
         fn()
     names = list(fns)
+    first_round_s = None
     out = Timings({n: [] for n in names})
     for r in range(max_rounds):
         if r >= min_rounds and time.perf_counter() - start > budget_s:
             break
         order = names[r % len(names) :] + names[: r % len(names)]
+        t_round = time.perf_counter()
         for n in order:
             t0 = time.perf_counter()
             fns[n]()
             out.seconds[n].append(time.perf_counter() - t0)
+        if first_round_s is None:
+            first_round_s = time.perf_counter() - t_round
+            if first_round_s < cheap_s:
+                min_rounds = max(min_rounds, min(cheap_rounds, max_rounds))
     return out

@@ -139,19 +139,39 @@ def load_average() -> str:
 
 class Planner:
     """Shares the time left before the deadline among the cells still to run, in proportion to their
-    estimated cost (FLOPs x batch x contestants), so the whole run ends near ``--minutes``."""
+    estimated cost, so the whole run ends near ``--minutes``.
+
+    A round's cost is first estimated from FLOPs at 25% of the matrix-product ceiling, then corrected by
+    how much slower the cells measured so far actually ran (a shared machine can be several times
+    slower). A cell whose single round would not fit in the time left is skipped, and says so.
+    """
 
     def __init__(self, deadline: float, ceilings: dict) -> None:
         self.deadline = deadline
         self.ceilings = ceilings
         self.pending: list[tuple[str, str, str, int, int]] = []  # model, what, dtype, batch, contestants
         self.reserved = 0.0  # seconds kept for loading processes and model loads still to come
+        self.slowdown = 1.0  # measured / estimated round time, from the cells run so far
 
-    def cost(self, model: str, what: str, dtype: str, batch: int, contestants: int) -> float:
-        """Seconds one round should take, at a pessimistic 25% of the matrix-product ceiling."""
+    def estimate(self, model: str, what: str, dtype: str, batch: int, contestants: int) -> float:
+        """Seconds one round of the cell should take (FLOPs at 25% of the ceiling)."""
         cfg = get_model_info(model).config
         flops = image_flops(cfg.vision) if what == "image" else text_flops(cfg.text, 32)
         return flops * batch * contestants / (0.25 * self.ceilings[dtype]["best"])
+
+    def cost(self, *key) -> float:
+        return self.estimate(*key) * self.slowdown
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - time.perf_counter() - self.reserved)
+
+    def fits(self, key: tuple[str, str, str, int, int]) -> bool:
+        """Whether one round of ``key`` (plus its warm-up) fits in the time left; if not it leaves the plan."""
+        if 1.2 * self.cost(*key) <= self.left():
+            return True
+        if key in self.pending:
+            self.pending.remove(key)
+        return False
 
     def budget(self, key: tuple[str, str, str, int, int]) -> tuple[int, float]:
         """(min rounds, seconds) for the cell ``key``, which leaves the pending list."""
@@ -161,9 +181,13 @@ class Planner:
             self.pending.remove(key)
         else:
             total += mine
-        left = max(0.0, self.deadline - time.perf_counter() - self.reserved)
-        share = left * mine / total
+        share = self.left() * mine / total
         return (1 if mine > share / 2 else 2), share
+
+    def observe(self, key: tuple[str, str, str, int, int], seconds_per_round: float) -> None:
+        """Update the slowdown factor with a measured round time."""
+        ratio = seconds_per_round / max(self.estimate(*key), 1e-9)
+        self.slowdown = ratio if self.slowdown == 1.0 else 0.5 * (self.slowdown + ratio)
 
 
 def _ceiling_fn(dtype: torch.dtype, n: int = 2048):
@@ -186,8 +210,10 @@ def image_cell(name, dtype_name, batch, contestants, size, ref32, args, plan) ->
     warmup = {k: (lambda f=f: f(warm)) for k, f in contestants.items()}
     ceiling, ceiling_flops = _ceiling_fn(dtype)
     fns["ceiling"] = warmup["ceiling"] = ceiling
-    lo, budget = plan.budget((name, "image", dtype_name, batch, len(contestants)))
+    key = (name, "image", dtype_name, batch, len(contestants))
+    lo, budget = plan.budget(key)
     t = interleaved(fns, warmup=warmup, min_rounds=lo, max_rounds=args.max_rounds, budget_s=budget)
+    plan.observe(key, sum(t.median(k) for k in contestants))
     cell = Cell(name, "image", dtype_name, batch, rounds=t.rounds())
     for k in contestants:
         cell.per_s[k] = batch / t.median(k)
@@ -203,8 +229,8 @@ def image_cell(name, dtype_name, batch, contestants, size, ref32, args, plan) ->
             continue
         if dtype == torch.float32:
             cell.checks[f"rel err vs {k}"] = rel_err(ours, v)
-        else:
-            cell.checks[f"{k} cos vs our fp32"] = min_cos(v, ref32) if ref32 is not None else float("nan")
+        elif ref32 is not None:
+            cell.checks[f"{k} cos vs our fp32"] = min_cos(v, ref32)
     if dtype != torch.float32 and ref32 is not None:
         cell.checks["ours cos vs our fp32"] = min_cos(ours, ref32)
     return cell, ours
@@ -215,8 +241,10 @@ def text_cell(name, dtype_name, batch, ours, oc, tok, args, plan) -> Cell:
     ids = tok(typical_prompts(batch, seed=batch))
     length = int(ids.argmax(-1).max()) + 1
     fns = {"ours": lambda: ours.encode_text(ids), "open_clip": lambda: oc.encode_text(ids)}
-    lo, budget = plan.budget((name, "text", dtype_name, batch, 2))
+    key = (name, "text", dtype_name, batch, 2)
+    lo, budget = plan.budget(key)
     t = interleaved(fns, min_rounds=max(lo, 2), max_rounds=args.max_rounds, budget_s=budget)
+    plan.observe(key, sum(t.median(k) for k in fns))
     cell = Cell(name, "text", dtype_name, batch, rounds=t.rounds())
     for k in fns:
         cell.per_s[k] = batch / t.median(k)
@@ -288,7 +316,7 @@ def plan_cells(args: argparse.Namespace) -> list[tuple[str, str, str, int, int]]
     return out
 
 
-def run_model(name: str, args: argparse.Namespace, files, plan: Planner) -> list[Cell]:
+def run_model(name: str, args: argparse.Namespace, files, plan: Planner, skipped: list[str]) -> list[Cell]:
     cells: list[Cell] = []
     info = get_model_info(name)
     size = info.config.vision.image_size
@@ -305,6 +333,15 @@ def run_model(name: str, args: argparse.Namespace, files, plan: Planner) -> list
             if "L14" in name and batch > 1 and args.quick:
                 continue
             contestants = {k: every[k] for k in _image_contestants(name, batch, args)}
+            key = (name, "image", dtype_name, batch, len(contestants))
+            if not plan.fits(key):
+                est = plan.cost(*key) / 60
+                skipped.append(
+                    f"{name} image {dtype_name} batch {batch}: one round would take about {est:.0f} min at "
+                    f"the speed measured so far, more than the time left (run with a larger --minutes)"
+                )
+                print("  skipped " + skipped[-1], flush=True)
+                continue
             cell, out = image_cell(name, dtype_name, batch, contestants, size, ref32.get(batch), args, plan)
             if dtype == torch.float32:
                 ref32[batch] = out
@@ -437,7 +474,9 @@ def targets(cells: list[Cell], loads: dict[str, list[dict]]) -> list[str]:
     img16 = [c for c in cells if c.what == "image" and c.dtype == "bf16"]
     if img16:
         worst = min(c.ratio("open_clip") for c in img16)
-        cos = min(c.checks.get("ours cos vs our fp32", float("nan")) for c in img16)
+        cos = min(
+            (c.checks["ours cos vs our fp32"] for c in img16 if "ours cos vs our fp32" in c.checks), default=0
+        )
         ok = worst >= 1.15 and cos >= 0.999
         lines.append(
             f"bf16 images >= 1.15x open_clip, cos >= 0.999 vs our fp32: {'MET' if ok else 'MISSED'} "
@@ -512,13 +551,14 @@ def main(argv: list[str] | None = None) -> None:
         len(args.dtypes) * PHASE_RESERVE + (not args.skip_load) * 5 * PROBE_RESERVE
     )
     cells: list[Cell] = []
+    skipped: list[str] = []
     loads: dict[str, list[dict]] = {}
     for name in args.models:
         print(f"\n== {name}", flush=True)
         files = ensure_checkpoints(name, args.cache)
         if not args.skip_load:
             loads[name] = run_loads(name, files, args, plan)
-        cells += run_model(name, args, files, plan)
+        cells += run_model(name, args, files, plan, skipped)
         gc.collect()
 
     info["load_average_end"] = load_average()
@@ -528,6 +568,10 @@ def main(argv: list[str] | None = None) -> None:
     if loads:
         print("\n## Loading (peak resident memory above the warmed-up process baseline)\n")
         print(load_table(loads))
+    if skipped:
+        print("\n## Skipped\n")
+        for line in skipped:
+            print("- " + line)
     print("\n## Targets\n")
     for line in targets(cells, loads):
         print("- " + line)
@@ -538,6 +582,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": info,
             "ceiling_gflops": text_ceilings,
             "cells": [asdict(c) for c in cells],
+            "skipped": skipped,
             "loads": loads,
             "image_flops": {m: image_flops(get_model_info(m).config.vision) for m in args.models},
             "text_flops_per_token_at_8": {

@@ -20,6 +20,7 @@ environment, or call ``set_onednn_linear(False)``, to always take the ``F.linear
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,12 @@ _ENABLED = os.environ.get("PE_ONEDNN_LINEAR", "1").strip().lower() not in ("0", 
 
 
 def _probe() -> tuple[bool, bool]:
-    """Whether oneDNN's fused linear exists here, and whether it supports bfloat16 on this CPU."""
+    """Whether oneDNN's fused linear exists here, and whether it supports bfloat16 on this CPU.
+
+    x86-64 only: that is where it was measured (on ARM, PyTorch's oneDNN build goes through other
+    libraries whose speed was not checked)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False, False
     try:
         op = torch.ops.mkldnn._linear_pointwise
         ok = torch.backends.mkldnn.is_available() and op is not None
