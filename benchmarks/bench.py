@@ -47,6 +47,7 @@ from _timing import interleaved  # noqa: E402
 
 import perception_encoder as pe  # noqa: E402
 from perception_encoder.configs import get_model_info  # noqa: E402
+from perception_encoder.layers.linear import clear_packed_weights, weight_packing  # noqa: E402
 
 MODELS = ("PE-Core-B16-224", "PE-Core-L14-336")
 PHASE_RESERVE = 30.0  # seconds set aside for loading the three models of one dtype
@@ -71,9 +72,9 @@ class Cell:
     checks: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
-    def ratio(self, peer: str) -> float | None:
-        if "ours" in self.per_s and peer in self.per_s:
-            return self.per_s["ours"] / self.per_s[peer]
+    def ratio(self, peer: str, ours: str = "ours") -> float | None:
+        if ours in self.per_s and peer in self.per_s:
+            return self.per_s[ours] / self.per_s[peer]
         return None
 
 
@@ -241,7 +242,9 @@ def text_cell(name, dtype_name, batch, ours, oc, tok, args, plan) -> Cell:
     ids = tok(typical_prompts(batch, seed=batch))
     length = int(ids.argmax(-1).max()) + 1
     fns = {"ours": lambda: ours.encode_text(ids), "open_clip": lambda: oc.encode_text(ids)}
-    key = (name, "text", dtype_name, batch, 2)
+    if args.packed:
+        fns["ours packed"] = _packed(lambda: ours.encode_text(ids))
+    key = (name, "text", dtype_name, batch, len(fns))
     lo, budget = plan.budget(key)
     t = interleaved(fns, min_rounds=max(lo, 2), max_rounds=args.max_rounds, budget_s=budget)
     plan.observe(key, sum(t.median(k) for k in fns))
@@ -297,9 +300,20 @@ def compiled_cells(name, dtype_name, ours, size, args, plan) -> list[Cell]:
 
 
 def _image_contestants(name: str, batch: int, args: argparse.Namespace) -> tuple[str, ...]:
+    packed = ("ours packed",) if args.packed else ()
     if "L14" in name and batch > 1 and not args.full:
-        return ("ours", "open_clip")  # open_clip's image tower is timm's; --full times both
-    return ("ours", "timm", "open_clip")
+        return ("ours", *packed, "open_clip")  # open_clip's image tower is timm's; --full times both
+    return ("ours", *packed, "timm", "open_clip")
+
+
+def _packed(fn):
+    """``fn`` run with the opt-in packed weights (process-wide switch, set for the call only)."""
+
+    def run(*args):
+        with weight_packing(True):
+            return fn(*args)
+
+    return run
 
 
 def plan_cells(args: argparse.Namespace) -> list[tuple[str, str, str, int, int]]:
@@ -310,7 +324,7 @@ def plan_cells(args: argparse.Namespace) -> list[tuple[str, str, str, int, int]]
             for b in args.batches:
                 if not ("L14" in name and b > 1 and args.quick):
                     out.append((name, "image", d, b, len(_image_contestants(name, b, args))))
-            out += [(name, "text", d, b, 2) for b in args.batches]
+            out += [(name, "text", d, b, 2 + args.packed) for b in args.batches]
             if args.compile and "B16" in name:
                 out += [(name, "image", d, b, 2) for b in args.batches]
     return out
@@ -328,7 +342,12 @@ def run_model(name: str, args: argparse.Namespace, files, plan: Planner, skipped
         oc = load_open_clip(name, files.open_clip, dtype)
         tm = load_timm(name, files.timm, dtype)
         plan.reserved = max(0.0, plan.reserved - PHASE_RESERVE)
-        every = {"ours": ours.encode_image, "timm": tm, "open_clip": oc.encode_image}
+        every = {
+            "ours": ours.encode_image,
+            "ours packed": _packed(ours.encode_image),
+            "timm": tm,
+            "open_clip": oc.encode_image,
+        }
         for batch in args.batches:
             if "L14" in name and batch > 1 and args.quick:
                 continue
@@ -357,6 +376,7 @@ def run_model(name: str, args: argparse.Namespace, files, plan: Planner, skipped
                 _print_cell(cell)
         del ours, oc, tm, every
         gc.collect()
+        clear_packed_weights()
     return cells
 
 
@@ -372,6 +392,8 @@ def run_loads(name: str, files, args: argparse.Namespace, plan: Planner) -> list
         ("timm", files.timm, "fp32"),
         ("ours", files.reference, "bf16"),
     ]
+    if args.packed:
+        jobs.append(("ours-packed", files.reference, "bf16"))
     out = []
     for lib, file, dtype in jobs:
         r = probe(lib, name, file, dtype=dtype, batches=batches, threads=args.threads)
@@ -402,6 +424,8 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 def _print_cell(c: Cell) -> None:
     rates = ", ".join(f"{k} {v:.2f}/s (±{c.spread[k] * 50:.0f}%)" for k, v in c.per_s.items())
     ratios = ", ".join(f"ours/{p} {c.ratio(p):.2f}x" for p in ("timm", "open_clip") if c.ratio(p))
+    if c.ratio("open_clip", "ours packed"):
+        ratios += f", packed/open_clip {c.ratio('open_clip', 'ours packed'):.2f}x"
     checks = ", ".join(f"{k} {v:.2g}" for k, v in c.checks.items())
     if c.ceiling_gflops:
         checks += f", ceiling {c.ceiling_gflops:.0f} GFLOP/s, ours at {100 * c.flops_fraction:.0f}% of it"
@@ -416,14 +440,18 @@ def table(cells: list[Cell]) -> str:
         "| model | what | dtype | batch | ours /s | timm /s | ours/timm | open_clip /s | ours/open_clip "
         "| ours % of ceiling | rounds | checks |"
     )
-    rows = [head, "|" + "---|" * 12]
+    if any("ours packed" in c.per_s for c in cells):
+        head = head.replace("| ours % of ceiling", "| ours packed /s | packed/open_clip | ours % of ceiling")
+    packed = "ours packed /s" in head
+    rows = [head, "|" + "---|" * (14 if packed else 12)]
     for c in cells:
         if c.what == "image (compiled)":
             other = (
                 f"compiled {c.per_s['compiled']:.2f}/s = {c.per_s['compiled'] / c.per_s['ours']:.2f}x eager"
             )
+            dashes = "- | " * (6 if packed else 4)
             rows.append(
-                f"| {c.model} | {c.what} | {c.dtype} | {c.batch} | {c.per_s['ours']:.2f} | - | - | - | - | - "
+                f"| {c.model} | {c.what} | {c.dtype} | {c.batch} | {c.per_s['ours']:.2f} | {dashes}- "
                 f"| {c.rounds} | {other}; {c.note} |"
             )
             continue
@@ -434,7 +462,13 @@ def table(cells: list[Cell]) -> str:
         rows.append(
             f"| {c.model} | {c.what} | {c.dtype} | {c.batch} | {c.per_s['ours']:.2f} "
             f"| {_fmt(c.per_s.get('timm'))} | {_fmt(c.ratio('timm'))} "
-            f"| {_fmt(c.per_s.get('open_clip'))} | {_fmt(c.ratio('open_clip'))} | {frac} | {c.rounds} | {checks} |"
+            f"| {_fmt(c.per_s.get('open_clip'))} | {_fmt(c.ratio('open_clip'))} "
+            + (
+                f"| {_fmt(c.per_s.get('ours packed'))} | {_fmt(c.ratio('open_clip', 'ours packed'))} "
+                if packed
+                else ""
+            )
+            + f"| {frac} | {c.rounds} | {checks} |"
         )
     return "\n".join(rows)
 
@@ -474,25 +508,33 @@ def targets(cells: list[Cell], loads: dict[str, list[dict]]) -> list[str]:
     img16 = [c for c in cells if c.what == "image" and c.dtype == "bf16"]
     if img16:
         worst = min(c.ratio("open_clip") for c in img16)
-        cos = min(
-            (c.checks["ours cos vs our fp32"] for c in img16 if "ours cos vs our fp32" in c.checks), default=0
-        )
-        ok = worst >= 1.15 and cos >= 0.999
+        coss = [c.checks["ours cos vs our fp32"] for c in img16 if "ours cos vs our fp32" in c.checks]
+        cos = f"min cosine {min(coss):.5f}" if coss else "cosine not measured (no float32 run)"
+        ok = worst >= 1.15 and bool(coss) and min(coss) >= 0.999
         lines.append(
             f"bf16 images >= 1.15x open_clip, cos >= 0.999 vs our fp32: {'MET' if ok else 'MISSED'} "
-            f"(worst ratio {worst:.2f}x, min cosine {cos:.5f})"
+            f"(worst ratio {worst:.2f}x, {cos})"
         )
     txt = [c for c in cells if c.what == "text"]
     if txt:
         worst = min(c.ratio("open_clip") for c in txt)
-        d32 = max((c.checks["rel err trimmed vs untrimmed"] for c in txt if c.dtype == "fp32"), default=0)
+        d32 = [c.checks["rel err trimmed vs untrimmed"] for c in txt if c.dtype == "fp32"]
+        agree = (
+            f"float32 outputs with and without the trimming agree to {max(d32):.1g} relative" if d32 else ""
+        )
         lines.append(
-            f"text >= 2x open_clip: {'MET' if worst >= 2 else 'MISSED'} (worst ratio {worst:.2f}x); "
-            f"float32 outputs with and without the trimming agree to {d32:.1g} relative"
+            f"text >= 2x open_clip: {'MET' if worst >= 2 else 'MISSED'} (worst ratio {worst:.2f}x); {agree}"
+        )
+    packed16 = [c.ratio("open_clip", "ours packed") for c in img16 if "ours packed" in c.per_s]
+    packed_txt = [c.ratio("open_clip", "ours packed") for c in txt if "ours packed" in c.per_s]
+    if packed16 or packed_txt:
+        lines.append(
+            "opt-in packed weights (second copy of the linear weights): worst ratio to open_clip "
+            f"bf16 images {min(packed16, default=float('nan')):.2f}x, text {min(packed_txt, default=float('nan')):.2f}x"
         )
     for name, results in loads.items():
         for r in results:
-            if "error" in r or not r["lib"].startswith("ours"):
+            if "error" in r or r["lib"] not in ("ours", "ours-vision"):
                 continue
             x = r["run_peak_mib"]["1"] / r["weights_mib"]
             lines.append(
@@ -514,6 +556,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="skip L14 at batch > 1")
     ap.add_argument("--full", action="store_true", help="also time timm on L14 at batch > 1")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (opt-in path, B16)")
+    ap.add_argument(
+        "--packed", action="store_true", help="also time the opt-in packed weights (PE_PACK_WEIGHTS=1)"
+    )
     ap.add_argument("--skip-load", action="store_true", help="skip the loading / memory processes")
     ap.add_argument("--max-rounds", type=int, default=5, help="most timed rounds per cell")
     ap.add_argument(
