@@ -23,6 +23,33 @@ from ..embedding import (  # noqa: F401  (re-exported for the evaluators)
     vision_tower,
 )
 
+
+def embed_images(
+    model: torch.nn.Module,
+    paths: Sequence,
+    transform: Callable | None,
+    batch_size: int,
+    num_workers: int = 0,
+    progress: bool = False,
+):
+    """Pooled image embeddings of ``paths`` through ``model.encode_image`` (bad files skipped and reported);
+    ``transform`` defaults to the model's native-size reference preprocessing."""
+    if transform is None:
+        from ..transforms import image_transform
+
+        transform = image_transform(vision_tower(model).config.image_size)
+    return embed_files(
+        paths,
+        ImageLoader(transform),
+        model.encode_image,
+        batch_size=batch_size,
+        device=model_device(model),
+        num_workers=num_workers,
+        progress=progress,
+        desc="images",
+    )
+
+
 #: Text prompts are encoded in batches of this size whatever the image batch size, so the text side of
 #: every metric is the same for any ``batch_size``.
 TEXT_BATCH_SIZE = 256

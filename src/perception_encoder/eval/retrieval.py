@@ -16,13 +16,10 @@ import torch
 from .data import CaptionedFiles
 from .embed import (
     Embedded,
-    ImageLoader,
-    embed_files,
+    embed_images,
     embed_texts,
-    model_device,
     normalized,
     require_clip,
-    vision_tower,
 )
 from .metrics import best_positive_rank, recall_at_k
 from .report import base_result
@@ -115,18 +112,5 @@ def evaluate_retrieval(
     listed under ``skipped`` and their captions dropped (``num_captions_dropped``).
     """
     require_clip(model, "image-text retrieval")
-    if transform is None:
-        from ..transforms import image_transform
-
-        transform = image_transform(vision_tower(model).config.image_size)
-    embedded = embed_files(
-        data.paths,
-        ImageLoader(transform),
-        model.encode_image,
-        batch_size=batch_size,
-        device=model_device(model),
-        num_workers=num_workers,
-        progress=progress,
-        desc="images",
-    )
+    embedded = embed_images(model, data.paths, transform, batch_size, num_workers, progress)
     return score_retrieval(model, data, embedded, tokenizer, ks, task="retrieval")

@@ -17,11 +17,8 @@ from .data import LabeledFiles, imagenet_templates
 from .embed import (
     TEXT_BATCH_SIZE,
     Embedded,
-    ImageLoader,
-    embed_files,
-    model_device,
+    embed_images,
     require_clip,
-    vision_tower,
 )
 from .metrics import classification_metrics, predictions
 from .report import base_result, per_class_table
@@ -78,18 +75,5 @@ def evaluate_zeroshot(
     """
     require_clip(model, "zero-shot classification")
     templates = list(templates) if templates is not None else imagenet_templates()
-    if transform is None:
-        from ..transforms import image_transform
-
-        transform = image_transform(vision_tower(model).config.image_size)
-    embedded = embed_files(
-        data.paths,
-        ImageLoader(transform),
-        model.encode_image,
-        batch_size=batch_size,
-        device=model_device(model),
-        num_workers=num_workers,
-        progress=progress,
-        desc="images",
-    )
+    embedded = embed_images(model, data.paths, transform, batch_size, num_workers, progress)
     return score_zeroshot(model, data, embedded, templates, tokenizer, task="zeroshot")
