@@ -1,10 +1,10 @@
 """Linear layers for inference, with the activation or the residual add fused in on CPUs.
 
-On the CPU, ``F.linear`` runs float32 products through the BLAS PyTorch was built with, which on some CPUs
-(AMD EPYC among them) does not use AVX-512; oneDNN does, and also takes the bias, an exact GELU or a
-residual add as "post-ops" of the same kernel, which saves a pass over memory and a parallel region per
-fusion. Measured on a 2-core AVX-512 EPYC: float32 products 20-40 % faster, bfloat16 a few percent
-(see ``benchmarks/RESULTS.md``). The fused kernel is used only where it is safe:
+On the CPU, ``F.linear`` runs float32 products through the BLAS PyTorch was built with; oneDNN's kernels
+were faster at this model's shapes on the machine measured (an AVX-512 AMD EPYC: float32 products 20-40 %
+faster, bfloat16 a few percent, see ``benchmarks/RESULTS.md``), and oneDNN also takes the bias, an exact GELU
+or a residual add as "post-ops" of the same kernel, which saves a pass over memory and a parallel region
+per fusion. The fused kernel is used only where it is safe:
 
 - CPU tensors of the same dtype, float32 or bfloat16 (the latter only where the CPU supports it);
 - no gradient is needed (``torch.no_grad`` / ``torch.inference_mode``, or nothing requires grad): the
