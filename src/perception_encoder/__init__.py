@@ -84,6 +84,9 @@ _EXPORTS: dict[str, str] = {
     "evaluate_knn": "eval.probe",
     "evaluate_video_zeroshot": "eval.video",
     "evaluate_video_retrieval": "eval.video",
+    # export
+    "export_onnx": "export",
+    "OnnxEncoder": "export",
     # training
     "TrainConfig": "train",
     "TrainResult": "train",
