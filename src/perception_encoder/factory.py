@@ -241,7 +241,14 @@ def load(
     target = info.name if info is not None else f"the model configured for {path.name}"
     source = str(checkpoint) if is_hub_spec(checkpoint) else str(path)
     return load_into(
-        _builder(want), native, config=want, target=target, source=source, device=device, dtype=dtype
+        _builder(want),
+        native,
+        config=want,
+        target=target,
+        source=source,
+        device=device,
+        dtype=dtype,
+        file=path,
     )
 
 
