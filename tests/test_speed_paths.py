@@ -90,7 +90,7 @@ def test_plain_and_fused_paths_give_the_same_model_outputs(plain_linear):
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
-def test_packed_weights_opt_in(dtype, tol):
+def test_packed_weights_all(dtype, tol):
     """Packed copies give the same products, follow in-place changes and die with their weight."""
     if not onednn_linear_enabled():
         pytest.skip("no oneDNN linear here")
@@ -98,7 +98,8 @@ def test_packed_weights_opt_in(dtype, tol):
     w = torch.randn(64, 32, generator=g).to(dtype)
     b = torch.randn(64, generator=g).to(dtype)
     linear_mod.clear_packed_weights()
-    with torch.inference_mode(), linear_mod.weight_packing():
+    before = linear_mod.weight_packing_mode()
+    with torch.inference_mode(), linear_mod.weight_packing("all"):
         for rows in (1, 9, 300):  # packed for the first call's row count, right for every other
             x = torch.randn(rows, 32, generator=g).to(dtype)
             assert rel_err(linear(x, w, b), F.linear(x.float(), w.float(), b.float())) <= tol
@@ -109,7 +110,7 @@ def test_packed_weights_opt_in(dtype, tol):
         assert (
             rel_err(linear(x, w, b, residual=r), r.float() + F.linear(x.float(), w.float(), b.float())) <= tol
         )
-    assert not linear_mod.weight_packing_enabled()  # the context manager restored the switch
+    assert linear_mod.weight_packing_mode() == before  # the context manager restored the switch
     del w
     assert linear_mod.packed_weight_bytes() == 0
 
@@ -327,6 +328,7 @@ def test_threads_sharing_one_model_agree_with_one_thread(dtype, packed):
 
     expected = [run(*job) for job in jobs]
     linear_mod.clear_packed_weights()
+    before = linear_mod.weight_packing_mode()
     linear_mod.set_weight_packing(packed)
     results: list = [None] * len(jobs)
     errors: list = []
@@ -345,7 +347,7 @@ def test_threads_sharing_one_model_agree_with_one_thread(dtype, packed):
         for t in threads:
             t.join()
     finally:
-        linear_mod.set_weight_packing(False)
+        linear_mod.set_weight_packing(before)
         linear_mod.clear_packed_weights()
     assert not errors, errors
     for got, want in zip(results, expected, strict=True):

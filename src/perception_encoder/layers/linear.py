@@ -16,12 +16,23 @@ Everywhere else the same arithmetic runs as ``F.linear`` then ``F.gelu`` / ``+``
 unfused form to float rounding (float32: about 1e-7 relative). Set ``PE_ONEDNN_LINEAR=0`` in the
 environment, or call ``set_onednn_linear(False)``, to always take the ``F.linear`` path.
 
-Opt-in, packed weights (``PE_PACK_WEIGHTS=1`` or ``set_weight_packing(True)``): oneDNN reorders each weight
-into its blocked layout on every call; with packing on, the reordered copy is made once per weight and
-kept. That saves 5-20 % on image batches and up to half the time where the weights stream from memory
-(one short prompt through the text tower), at the price of a second copy of every linear weight in memory
-for as long as the model lives. Packed copies follow the weights: a weight changed in place or replaced
-is packed again.
+Packed weights: oneDNN reorders each weight into its blocked layout on every call; a packed weight is
+that reordered copy, made once and kept. That saves 5-20 % on image batches and up to half the time where
+the weights stream from memory (one short prompt through the text tower). ``PE_PACK_WEIGHTS`` (or
+``set_weight_packing``) picks where:
+
+- ``mapped`` (the default): only weights read from a memory-mapped checkpoint that nobody has modified.
+  Once a weight is packed, its file pages are released (``pages.release_file_pages``), so memory holds
+  the packed copy alone; the plain weight reads back from the file if anything touches it again (saving,
+  exporting, training). That covers ``pe.load`` of a checkpoint in the dtype it is stored in (float32
+  files as float32; for bfloat16, ``pe convert --dtype bf16`` writes a bfloat16 file once).
+- ``all`` (or ``1``): every weight, at the price of a second copy of every linear weight in memory for as
+  long as the model lives (weights cast while loading, built in memory or trained live in anonymous memory,
+  which cannot be given back).
+- ``off`` (or ``0``): never.
+
+Packed copies follow the weights: a weight changed in place or replaced is packed again (or, in ``mapped``
+mode, used unpacked, since its modified pages cannot be released). Results equal the unpacked path's.
 """
 
 from __future__ import annotations
@@ -36,13 +47,43 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from ..pages import is_file_backed, release_file_pages
+
 
 def _env_flag(name: str, default: str) -> bool:
     return os.environ.get(name, default).strip().lower() not in ("0", "false", "no", "off", "")
 
 
 _ENABLED = _env_flag("PE_ONEDNN_LINEAR", "1")
-_PACK = _env_flag("PE_PACK_WEIGHTS", "0")
+_PACK_MODES = {
+    "mapped": "mapped",
+    "auto": "mapped",
+    "all": "all",
+    "1": "all",
+    "true": "all",
+    "on": "all",
+    "yes": "all",
+    "off": "off",
+    "0": "off",
+    "false": "off",
+    "no": "off",
+    "": "off",
+}
+
+
+def _pack_mode(value: bool | str) -> str:
+    if isinstance(value, bool):
+        return "all" if value else "off"
+    mode = _PACK_MODES.get(str(value).strip().lower())
+    if mode is None:
+        raise ValueError(f"weight packing: unknown mode {value!r}; use mapped, all or off")
+    return mode
+
+
+try:
+    _PACK = _pack_mode(os.environ.get("PE_PACK_WEIGHTS", "mapped"))
+except ValueError as e:
+    raise ValueError(f"PE_PACK_WEIGHTS: {e}") from None
 
 
 def _probe() -> tuple[bool, bool]:
@@ -78,30 +119,41 @@ def onednn_linear_enabled() -> bool:
     return _ENABLED and _AVAILABLE
 
 
-def set_weight_packing(enabled: bool) -> None:
-    """Opt in (or out) of packed weights for the whole process; see the module docstring for the trade.
-    Turning it off keeps the packed copies already made until ``clear_packed_weights()``."""
+def set_weight_packing(mode: bool | str) -> None:
+    """Which weights to pack, for the whole process: ``"mapped"`` (the default), ``"all"`` (or ``True``)
+    or ``"off"`` (or ``False``); see the module docstring for the trade. Packed copies already made stay
+    until their weight dies or ``clear_packed_weights()``."""
     global _PACK
-    _PACK = bool(enabled)
+    _PACK = _pack_mode(mode)
+
+
+def weight_packing_mode() -> str:
+    """The packing mode in force: ``"mapped"``, ``"all"`` or ``"off"`` (``"off"`` where oneDNN's fused
+    linear is not used)."""
+    return _PACK if _ENABLED and _AVAILABLE else "off"
 
 
 def weight_packing_enabled() -> bool:
-    return _PACK and _ENABLED and _AVAILABLE
+    """Whether any weight may be packed."""
+    return weight_packing_mode() != "off"
 
 
 @contextlib.contextmanager
-def weight_packing(enabled: bool = True) -> Iterator[None]:
-    """``with weight_packing(): ...`` runs the block with packing on (process-wide, not per thread)."""
+def weight_packing(mode: bool | str = True) -> Iterator[None]:
+    """``with weight_packing("all"): ...`` runs the block in that mode (process-wide, not per thread)."""
     before = _PACK
-    set_weight_packing(enabled)
+    set_weight_packing(mode)
     try:
         yield
     finally:
         set_weight_packing(before)
 
 
-# id(weight) -> (weak reference to the weight, its version and address when packed, the packed copy)
-_PACKED: dict[int, tuple[weakref.ref, int, int, torch.Tensor]] = {}
+# (id of the weight's owner, address, shape) -> (weak reference to the owner, the weight's version and
+# address when packed, the mode it was packed under, the packed copy or None where that mode leaves the
+# weight unpacked). The owner is the tensor a view was taken of (``conv.weight.reshape(...)`` makes a new
+# view object per call), else the weight itself.
+_PACKED: dict[tuple[int, int, tuple[int, ...]], tuple[weakref.ref, int, int, str, torch.Tensor | None]] = {}
 _PACK_LOCK = threading.Lock()
 
 
@@ -113,10 +165,10 @@ def clear_packed_weights() -> None:
 
 def packed_weight_bytes() -> int:
     """Memory held by packed copies (their logical size)."""
-    return sum(p.numel() * p.element_size() for _, _, _, p in list(_PACKED.values()))
+    return sum(p.numel() * p.element_size() for *_, p in list(_PACKED.values()) if p is not None)
 
 
-def _forget(key: int) -> None:
+def _forget(key: tuple[int, int, tuple[int, ...]]) -> None:
     _PACKED.pop(key, None)
 
 
@@ -127,20 +179,31 @@ def _stamp(weight: torch.Tensor) -> tuple[int, int]:
     return version, weight.data_ptr()
 
 
+def _pack(weight: torch.Tensor, rows: int, mode: str) -> torch.Tensor | None:
+    """The packed copy of ``weight`` under ``mode``, or ``None`` where the mode leaves it unpacked."""
+    if mode == "mapped" and not is_file_backed(weight):
+        return None
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, rows))
+    if mode == "mapped" and release_file_pages(weight) == 0:
+        return None  # modified pages (or too small to release): a packed copy would be a second one
+    return packed
+
+
 def _packed(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    """The packed copy of ``weight`` (made on first use, remade when the weight changed)."""
-    key, stamp = id(weight), _stamp(weight)
+    """The weight to hand to oneDNN: its packed copy (made on first use, remade when the weight changed),
+    or the weight itself where the packing mode leaves it unpacked."""
+    owner = weight if weight._base is None else weight._base
+    key, stamp, mode = (id(owner), weight.data_ptr(), tuple(weight.shape)), _stamp(weight), _PACK
     entry = _PACKED.get(key)
-    if entry is not None and entry[0]() is weight and entry[1:3] == stamp:
-        return entry[3]
-    with _PACK_LOCK:
-        entry = _PACKED.get(key)
-        if entry is not None and entry[0]() is weight and entry[1:3] == stamp:
-            return entry[3]
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, rows))
-        ref = weakref.ref(weight, lambda _, key=key: _forget(key))
-        _PACKED[key] = (ref, *stamp, packed)
-        return packed
+    if entry is None or entry[0]() is not owner or entry[1:4] != (*stamp, mode):
+        with _PACK_LOCK:
+            entry = _PACKED.get(key)
+            if entry is None or entry[0]() is not owner or entry[1:4] != (*stamp, mode):
+                _PACKED.pop(key, None)  # free a stale copy before making the new one
+                ref = weakref.ref(owner, lambda _, key=key: _forget(key))
+                entry = (ref, *stamp, mode, _pack(weight, rows, mode))
+                _PACKED[key] = entry
+    return weight if entry[4] is None else entry[4]
 
 
 def _tracing() -> bool:
@@ -191,7 +254,7 @@ def linear(
     )
     if fast:
         op = torch.ops.mkldnn._linear_pointwise
-        if _PACK:
+        if _PACK != "off":
             weight = _packed(weight, x.numel() // max(1, x.shape[-1]))
         if residual is not None:
             return op.binary(x, residual, weight, bias, "add")

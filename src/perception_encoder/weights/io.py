@@ -12,15 +12,12 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
-import mmap
 import os
 import pickle
 import re
 import struct
-import sys
 import tempfile
 import warnings
 import zipfile
@@ -42,6 +39,7 @@ from ..configs import (
     list_models,
 )
 from ..errors import CheckpointError
+from ..pages import file_mappings, release_file_pages
 from .formats import StateDict, is_clip, to_native, unwrap_state_dict, vision_part
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
@@ -566,75 +564,6 @@ def _cast(t: torch.Tensor, device: torch.device | None, dtype: torch.dtype | Non
     return t.to(device=device) if device is not None else t
 
 
-# --- releasing a memory-mapped checkpoint's pages ----------------------------------------------------------
-#
-# A ``.pt`` file is memory-mapped: its tensors' pages are read from the page cache on first touch and then
-# count in the process's resident memory until the mapping goes away, which is when the last tensor of the
-# file is freed, i.e. after the whole load. Loading with a cast (``dtype=torch.bfloat16`` from a float32
-# file) or to another device reads every source page, so without help the peak is the whole file plus the
-# converted copy (3x the bf16 weights). ``madvise(MADV_DONTNEED)`` on the pages of a source tensor that has
-# just been converted drops them from this process at once; they are clean file pages, so touching them
-# again (nothing here does) would read them back from the file, never zeros.
-
-_MADV_DONTNEED = 4  # Linux's value on every architecture
-_libc: Any = None
-
-
-def _madvise() -> Callable[[int, int], int] | None:
-    """libc's ``madvise`` (Linux only), or ``None``."""
-    global _libc
-    if not sys.platform.startswith("linux"):
-        return None
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(None, use_errno=True)
-            _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-            _libc.madvise.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            _libc = False
-    if not _libc:
-        return None
-    return lambda addr, n: _libc.madvise(addr, n, _MADV_DONTNEED)
-
-
-def file_mappings(path: str | os.PathLike) -> list[tuple[int, int]]:
-    """The ``(start, end)`` address ranges at which this process maps ``path`` (from ``/proc/self/maps``);
-    empty where that file is not mapped or the platform has no ``/proc``."""
-    try:
-        target = os.path.realpath(path)
-        with open("/proc/self/maps") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5] == target:
-            start, end = (int(a, 16) for a in parts[0].split("-"))
-            out.append((start, end))
-    return out
-
-
-def release_file_pages(t: torch.Tensor, mappings: list[tuple[int, int]]) -> int:
-    """Drop the resident pages of the contiguous tensor ``t`` when it lies inside one of ``mappings`` (a
-    file mapping, see ``file_mappings``). Only whole pages inside the tensor's own bytes are released, so a
-    neighbouring tensor that shares a page keeps it. Returns the number of bytes released (0 when nothing
-    was)."""
-    if not mappings or t.device.type != "cpu" or t.layout != torch.strided or not t.is_contiguous():
-        return 0
-    madvise = _madvise()
-    if madvise is None:
-        return 0
-    ptr, n = t.data_ptr(), t.numel() * t.element_size()
-    if not any(start <= ptr and ptr + n <= end for start, end in mappings):
-        return 0
-    page = mmap.PAGESIZE
-    lo, hi = -(-ptr // page) * page, (ptr + n) // page * page
-    if hi <= lo or madvise(lo, hi - lo) != 0:
-        return 0
-    return hi - lo
-
-
 def load_into(
     build: Callable[[], nn.Module],
     state_dict: StateDict,
@@ -653,7 +582,7 @@ def load_into(
     parameters are the checkpoint's tensors, and no random-weight model is ever materialised. The state
     dict's entries are replaced by the cast tensors. ``file``: the checkpoint the tensors were
     memory-mapped from, if any; the pages of each source tensor that was converted are released from
-    memory right away (see ``release_file_pages``), so loading with a cast never holds the whole file
+    memory right away (see ``pages.release_file_pages``), so loading with a cast never holds the whole file
     beside the converted copy. Returns the model in eval mode.
     """
     with torch.device("meta"):
