@@ -108,3 +108,19 @@ def test_convert_writes_each_layout(runner, tmp_path, tiny_clip):
         main, ["convert", str(src), str(tmp_path / "x.pt"), "--to", "reference", "--model", "PE-Core-B16"]
     )
     assert unknown.exit_code == 1 and "Did you mean" in unknown.output
+
+
+def test_convert_to_bf16_loads_without_a_cast(runner, tmp_path, tiny_clip):
+    src = save(tiny_clip, tmp_path / "src.safetensors")
+    dst = tmp_path / "bf16.pt"
+    result = runner.invoke(main, ["convert", str(src), str(dst), "--to", "reference", "--dtype", "bf16"])
+    assert result.exit_code == 0, result.output
+    assert "reference layout, bf16" in result.output
+    raw = io.read_state_dict(dst)
+    assert {v.dtype for v in raw.values() if v.is_floating_point()} == {torch.bfloat16}
+    model = load(dst, dtype="bf16")
+    ref = tiny_clip.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ref[k].to(torch.bfloat16) if ref[k].is_floating_point() else ref[k]), k
+    bad = runner.invoke(main, ["convert", str(src), str(dst), "--to", "reference", "--dtype", "int8"])
+    assert bad.exit_code == 2 and "'int8' is not one of" in bad.output

@@ -297,6 +297,7 @@ def convert(
     dst: str | os.PathLike,
     to: str = "safetensors",
     model: str | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> Path:
     """Rewrite checkpoint ``src`` (any layout, local path or ``hf-hub:`` string) as ``dst`` in layout ``to``.
 
@@ -304,10 +305,13 @@ def convert(
     (CLIP only) or ``"safetensors"`` (this package's layout, ``.safetensors``). The file type follows
     ``dst``'s extension (``.safetensors`` or ``.pt`` / ``.pth`` / ``.bin``). ``model`` names the registered
     model the checkpoint must fit (else its config comes from beside it or from its shapes); the config
-    is written beside ``dst`` as ``<stem>.json``. Returns ``dst``.
+    is written beside ``dst`` as ``<stem>.json``. ``dtype`` (e.g. ``"bf16"``) casts the floating-point
+    tensors: a bfloat16 file loads as bfloat16 straight from its memory map, half the memory of casting
+    at every load, and its weights can be packed in place (see ``layers.linear``). Returns ``dst``.
     """
     if to not in CONVERT_TARGETS:
         raise ValueError(f"unknown target format {to!r}; expected one of {', '.join(CONVERT_TARGETS)}")
+    cast = _as_dtype(dtype)
     dst = Path(dst)
     if dst.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise ValueError(f"{dst}: unsupported extension {dst.suffix or '(none)'!r}; use .safetensors or .pt")
@@ -317,6 +321,8 @@ def convert(
     native = _read_native(path)
     config, native = _checked_config(native, path, model)
     layout = "native" if to == "safetensors" else to
+    if cast is not None:
+        native = {k: v.to(cast) if v.is_floating_point() else v for k, v in native.items()}
     out = from_native(native, layout, source=str(path))
     if to == "timm":
         config = _tower(config, True)

@@ -21,7 +21,14 @@ _TARGETS = ("reference", "timm", "open_clip", "safetensors")
     "open_clip's PE-Core (CLIP only); safetensors: this package's layout.",
 )
 @click.option("--model", default=None, help="Registered model the checkpoint must fit (checked).")
-def command(src: str, dst: str, to: str, model: str | None) -> None:
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default=None,
+    help="Cast the weights (default: keep the file's dtype). A bf16 file is the lightest way to run "
+    "in bf16: it loads without a cast and its weights are packed in place.",
+)
+def command(src: str, dst: str, to: str, model: str | None, dtype: str | None) -> None:
     """Convert checkpoint SRC (any layout; a file or an hf-hub: string) into DST.
 
     DST's extension picks the file type (.safetensors or .pt/.pth/.bin); the model config is written
@@ -35,7 +42,7 @@ def command(src: str, dst: str, to: str, model: str | None) -> None:
         facts = inspect_checkpoint(src)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = convert(src, dst, to=to, model=model)
+            out = convert(src, dst, to=to, model=model, dtype=dtype)
     except (CheckpointError, UnknownModelError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     for w in caught:
@@ -43,4 +50,5 @@ def command(src: str, dst: str, to: str, model: str | None) -> None:
     note = ""
     if to == "timm" and facts["kind"] == "clip":
         note = " (timm holds the vision tower only; the text tower was left out)"
-    click.echo(f"wrote {out} ({to} layout, from {facts['format']}){note}")
+    cast = f", {dtype}" if dtype else ""
+    click.echo(f"wrote {out} ({to} layout{cast}, from {facts['format']}){note}")
