@@ -2,7 +2,8 @@
 timm and open_clip layouts, so every library loads the same numbers from its own file format.
 
 Files are cached (they take a minute to write for L): ``<cache>/<name>/reference.pt``,
-``timm.safetensors`` (vision tower) and ``open_clip.safetensors``.
+``timm.safetensors`` (vision tower), ``open_clip.safetensors`` and ``reference_bf16.pt`` (the same weights
+cast to bfloat16, as ``pe convert --dtype bf16`` writes it).
 """
 
 from __future__ import annotations
@@ -28,15 +29,25 @@ class CheckpointFiles:
     reference: Path
     timm: Path
     open_clip: Path
+    reference_bf16: Path
+
+    def for_dtype(self, dtype: str) -> Path:
+        """Our file for a dtype name: the bfloat16 one for ``"bf16"``, else the float32 reference."""
+        return self.reference_bf16 if dtype == "bf16" else self.reference
 
 
 def ensure_checkpoints(name: str, cache: Path = DEFAULT_CACHE, *, seed: int = 0) -> CheckpointFiles:
     """Write (once) random float32 weights for ``name`` in the three layouts; return their paths."""
     folder = Path(cache) / name
     files = CheckpointFiles(
-        folder / "reference.pt", folder / "timm.safetensors", folder / "open_clip.safetensors"
+        folder / "reference.pt",
+        folder / "timm.safetensors",
+        folder / "open_clip.safetensors",
+        folder / "reference_bf16.pt",
     )
     if all(p.is_file() for p in (files.reference, files.timm, files.open_clip)):
+        if not files.reference_bf16.is_file():
+            pe.convert(files.reference, files.reference_bf16, to="reference", model=name, dtype="bf16")
         return files
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -52,4 +63,5 @@ def ensure_checkpoints(name: str, cache: Path = DEFAULT_CACHE, *, seed: int = 0)
     del model, native
     pe.convert(files.reference, files.timm, to="timm", model=name)
     pe.convert(files.reference, files.open_clip, to="open_clip", model=name)
+    pe.convert(files.reference, files.reference_bf16, to="reference", model=name, dtype="bf16")
     return files

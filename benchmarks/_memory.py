@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-LIBS = ("ours", "ours-vision", "ours-packed", "timm", "open_clip")
+LIBS = ("ours", "ours-vision", "timm", "open_clip")
 
 
 def _status(field: str) -> float:
@@ -73,9 +73,7 @@ def _child(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     if args.lib.startswith("ours"):
         from perception_encoder.factory import load
-        from perception_encoder.layers.linear import set_weight_packing
 
-        set_weight_packing(args.lib == "ours-packed")  # the opt-in second copy, made at the first pass
         model = load(args.model, checkpoint=args.file, vision_only=args.lib == "ours-vision", dtype=dtype)
     elif args.lib == "timm":
         sys.path.insert(0, str(Path(__file__).parent))

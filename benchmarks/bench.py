@@ -3,13 +3,16 @@
     python benchmarks/bench.py                  # PE-Core-B16-224 and PE-Core-L14-336, batch 1 and 16
     python benchmarks/bench.py --quick          # B16 at batch 1 and 16, L14 at batch 1 (about 5 minutes)
     python benchmarks/bench.py --compile        # also the opt-in torch.compile path (B16 only)
+    python benchmarks/bench.py --unpacked       # also ours with weight packing off, as a separate column
     python benchmarks/bench.py --json out.json  # the figures, machine-readable
 
 What it does, in one process per step:
 
 1. The practical ceiling: FLOP/s of a 2048^3 matrix product (PyTorch's default kernel and oneDNN).
-2. Random float32 weights in the reference layout, converted to timm's and open_clip's layouts (cached
-   under ``$PE_BENCH_CACHE``, default ``~/.cache/perception_encoder/bench``).
+2. Random float32 weights in the reference layout, converted to timm's and open_clip's layouts and to a
+   bfloat16 reference file (cached under ``$PE_BENCH_CACHE``, default
+   ``~/.cache/perception_encoder/bench``). For bf16 we load the bf16 file, the peers cast the float32 one
+   (the same bf16 numbers either way).
 3. Loading, each library in a fresh process (``_memory.py``): load time and peak resident memory above
    the process's warmed-up baseline, after loading and after a first pass that reads every weight.
 4. Throughput in this process: images/s (ours vs timm vs open_clip) and texts/s on typical prompts (ours vs
@@ -242,8 +245,8 @@ def text_cell(name, dtype_name, batch, ours, oc, tok, args, plan) -> Cell:
     ids = tok(typical_prompts(batch, seed=batch))
     length = int(ids.argmax(-1).max()) + 1
     fns = {"ours": lambda: ours.encode_text(ids), "open_clip": lambda: oc.encode_text(ids)}
-    if args.packed:
-        fns["ours packed"] = _packed(lambda: ours.encode_text(ids))
+    if args.unpacked:
+        fns["ours unpacked"] = _unpacked(lambda: ours.encode_text(ids))
     key = (name, "text", dtype_name, batch, len(fns))
     lo, budget = plan.budget(key)
     t = interleaved(fns, min_rounds=max(lo, 2), max_rounds=args.max_rounds, budget_s=budget)
@@ -300,17 +303,18 @@ def compiled_cells(name, dtype_name, ours, size, args, plan) -> list[Cell]:
 
 
 def _image_contestants(name: str, batch: int, args: argparse.Namespace) -> tuple[str, ...]:
-    packed = ("ours packed",) if args.packed else ()
+    unpacked = ("ours unpacked",) if args.unpacked else ()
     if "L14" in name and batch > 1 and not args.full:
-        return ("ours", *packed, "open_clip")  # open_clip's image tower is timm's; --full times both
-    return ("ours", *packed, "timm", "open_clip")
+        return ("ours", *unpacked, "open_clip")  # open_clip's image tower is timm's; --full times both
+    return ("ours", *unpacked, "timm", "open_clip")
 
 
-def _packed(fn):
-    """``fn`` run with the opt-in packed weights (process-wide switch, set for the call only)."""
+def _unpacked(fn):
+    """``fn`` run with weight packing off (process-wide switch, set for the call only): what the packed
+    weights bring. The plain weights read back from the file on the first unpacked call."""
 
     def run(*args):
-        with weight_packing(True):
+        with weight_packing("off"):
             return fn(*args)
 
     return run
@@ -324,7 +328,7 @@ def plan_cells(args: argparse.Namespace) -> list[tuple[str, str, str, int, int]]
             for b in args.batches:
                 if not ("L14" in name and b > 1 and args.quick):
                     out.append((name, "image", d, b, len(_image_contestants(name, b, args))))
-            out += [(name, "text", d, b, 2 + args.packed) for b in args.batches]
+            out += [(name, "text", d, b, 2 + args.unpacked) for b in args.batches]
             if args.compile and "B16" in name:
                 out += [(name, "image", d, b, 2) for b in args.batches]
     return out
@@ -338,13 +342,15 @@ def run_model(name: str, args: argparse.Namespace, files, plan: Planner, skipped
     ref32: dict[int, torch.Tensor] = {}
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
-        ours = pe.load(name, checkpoint=files.reference, dtype=dtype)
+        # bf16: the documented route, a bf16 file (``pe convert --dtype bf16``) that loads without a cast;
+        # the peers cast the float32 file, which gives the very same bf16 numbers
+        ours = pe.load(name, checkpoint=files.for_dtype(dtype_name), dtype=dtype)
         oc = load_open_clip(name, files.open_clip, dtype)
         tm = load_timm(name, files.timm, dtype)
         plan.reserved = max(0.0, plan.reserved - PHASE_RESERVE)
         every = {
             "ours": ours.encode_image,
-            "ours packed": _packed(ours.encode_image),
+            "ours unpacked": _unpacked(ours.encode_image),
             "timm": tm,
             "open_clip": oc.encode_image,
         }
@@ -390,16 +396,16 @@ def run_loads(name: str, files, args: argparse.Namespace, plan: Planner) -> list
         ("open_clip", files.open_clip, "fp32"),
         ("ours-vision", files.reference, "fp32"),
         ("timm", files.timm, "fp32"),
-        ("ours", files.reference, "bf16"),
+        ("ours", files.reference_bf16, "bf16"),
+        ("ours", files.reference, "bf16"),  # cast while loading
     ]
-    if args.packed:
-        jobs.append(("ours-packed", files.reference, "bf16"))
     out = []
     for lib, file, dtype in jobs:
         r = probe(lib, name, file, dtype=dtype, batches=batches, threads=args.threads)
+        r["file"] = file.name
         plan.reserved = max(0.0, plan.reserved - PROBE_RESERVE)
         out.append(r)
-        print(f"  load {name} {lib} {dtype}: {_load_line(r)}", flush=True)
+        print(f"  load {name} {lib} {dtype} from {file.name}: {_load_line(r)}", flush=True)
     return out
 
 
@@ -424,8 +430,8 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 def _print_cell(c: Cell) -> None:
     rates = ", ".join(f"{k} {v:.2f}/s (±{c.spread[k] * 50:.0f}%)" for k, v in c.per_s.items())
     ratios = ", ".join(f"ours/{p} {c.ratio(p):.2f}x" for p in ("timm", "open_clip") if c.ratio(p))
-    if c.ratio("open_clip", "ours packed"):
-        ratios += f", packed/open_clip {c.ratio('open_clip', 'ours packed'):.2f}x"
+    if c.ratio("open_clip", "ours unpacked"):
+        ratios += f", unpacked/open_clip {c.ratio('open_clip', 'ours unpacked'):.2f}x"
     checks = ", ".join(f"{k} {v:.2g}" for k, v in c.checks.items())
     if c.ceiling_gflops:
         checks += f", ceiling {c.ceiling_gflops:.0f} GFLOP/s, ours at {100 * c.flops_fraction:.0f}% of it"
@@ -440,9 +446,9 @@ def table(cells: list[Cell]) -> str:
         "| model | what | dtype | batch | ours /s | timm /s | ours/timm | open_clip /s | ours/open_clip "
         "| ours % of ceiling | rounds | checks |"
     )
-    if any("ours packed" in c.per_s for c in cells):
-        head = head.replace("| ours % of ceiling", "| ours packed /s | packed/open_clip | ours % of ceiling")
-    packed = "ours packed /s" in head
+    if any("ours unpacked" in c.per_s for c in cells):
+        head = head.replace("| ours % of ceiling", "| unpacked /s | unpacked/open_clip | ours % of ceiling")
+    packed = "unpacked /s" in head
     rows = [head, "|" + "---|" * (14 if packed else 12)]
     for c in cells:
         if c.what == "image (compiled)":
@@ -464,7 +470,7 @@ def table(cells: list[Cell]) -> str:
             f"| {_fmt(c.per_s.get('timm'))} | {_fmt(c.ratio('timm'))} "
             f"| {_fmt(c.per_s.get('open_clip'))} | {_fmt(c.ratio('open_clip'))} "
             + (
-                f"| {_fmt(c.per_s.get('ours packed'))} | {_fmt(c.ratio('open_clip', 'ours packed'))} "
+                f"| {_fmt(c.per_s.get('ours unpacked'))} | {_fmt(c.ratio('open_clip', 'ours unpacked'))} "
                 if packed
                 else ""
             )
@@ -475,19 +481,23 @@ def table(cells: list[Cell]) -> str:
 
 def load_table(loads: dict[str, list[dict]]) -> str:
     rows = [
-        "| model | library | dtype | weights MiB | load s | first pass s | peak after load MiB | "
+        "| model | library | dtype | file | weights MiB | load s | first pass s | peak after load MiB | "
         "peak after first pass MiB | x weights | peak at batch 16 MiB |",
-        "|" + "---|" * 10,
+        "|" + "---|" * 11,
     ]
     for name, results in loads.items():
         for r in results:
             if "error" in r:
-                rows.append(f"| {name} | {r['lib']} | {r['dtype']} | error: {r['error']} |" + " |" * 6)
+                rows.append(
+                    f"| {name} | {r['lib']} | {r['dtype']} | {r.get('file', '')} | error: {r['error']} |"
+                    + " |" * 6
+                )
                 continue
             first = r["run_peak_mib"]["1"]
             b16 = r["run_peak_mib"].get("16")
             rows.append(
-                f"| {name} | {r['lib']} | {r['dtype']} | {r['weights_mib']:.0f} | {r['load_s']:.1f} "
+                f"| {name} | {r['lib']} | {r['dtype']} | {r.get('file', '')} | {r['weights_mib']:.0f} "
+                f"| {r['load_s']:.1f} "
                 f"| {r['first_pass_s']:.1f} | {r['load_peak_mib']:.0f} | {first:.0f} "
                 f"| {first / r['weights_mib']:.2f} | {_fmt(b16, '.0f')} |"
             )
@@ -525,12 +535,12 @@ def targets(cells: list[Cell], loads: dict[str, list[dict]]) -> list[str]:
         lines.append(
             f"text >= 2x open_clip: {'MET' if worst >= 2 else 'MISSED'} (worst ratio {worst:.2f}x); {agree}"
         )
-    packed16 = [c.ratio("open_clip", "ours packed") for c in img16 if "ours packed" in c.per_s]
-    packed_txt = [c.ratio("open_clip", "ours packed") for c in txt if "ours packed" in c.per_s]
-    if packed16 or packed_txt:
+    plain16 = [c.ratio("open_clip", "ours unpacked") for c in img16 if "ours unpacked" in c.per_s]
+    plain_txt = [c.ratio("open_clip", "ours unpacked") for c in txt if "ours unpacked" in c.per_s]
+    if plain16 or plain_txt:
         lines.append(
-            "opt-in packed weights (second copy of the linear weights): worst ratio to open_clip "
-            f"bf16 images {min(packed16, default=float('nan')):.2f}x, text {min(packed_txt, default=float('nan')):.2f}x"
+            "for comparison, with packing off (PE_PACK_WEIGHTS=off): worst ratio to open_clip "
+            f"bf16 images {min(plain16, default=float('nan')):.2f}x, text {min(plain_txt, default=float('nan')):.2f}x"
         )
     for name, results in loads.items():
         for r in results:
@@ -538,7 +548,8 @@ def targets(cells: list[Cell], loads: dict[str, list[dict]]) -> list[str]:
                 continue
             x = r["run_peak_mib"]["1"] / r["weights_mib"]
             lines.append(
-                f"load {name} {r['lib']} {r['dtype']}: peak through load and first pass {x:.2f}x the "
+                f"load {name} {r['lib']} {r['dtype']} from {r.get('file', '?')}: peak through load and "
+                f"first pass {x:.2f}x the "
                 f"weights: {'MET' if x <= 1.15 else 'MISSED'} (target <= 1.15x)"
             )
     return lines
@@ -557,7 +568,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--full", action="store_true", help="also time timm on L14 at batch > 1")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (opt-in path, B16)")
     ap.add_argument(
-        "--packed", action="store_true", help="also time the opt-in packed weights (PE_PACK_WEIGHTS=1)"
+        "--unpacked", action="store_true", help="also time ours with weight packing off (PE_PACK_WEIGHTS=off)"
     )
     ap.add_argument("--skip-load", action="store_true", help="skip the loading / memory processes")
     ap.add_argument("--max-rounds", type=int, default=5, help="most timed rounds per cell")
@@ -593,7 +604,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = Planner(start + 60 * args.minutes, ceilings)
     plan.pending = plan_cells(args)
     plan.reserved = len(args.models) * (
-        len(args.dtypes) * PHASE_RESERVE + (not args.skip_load) * 5 * PROBE_RESERVE
+        len(args.dtypes) * PHASE_RESERVE + (not args.skip_load) * 6 * PROBE_RESERVE
     )
     cells: list[Cell] = []
     skipped: list[str] = []
