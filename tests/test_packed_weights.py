@@ -138,3 +138,19 @@ def test_training_reads_the_plain_weights(mode, saved):
     assert rel_err(out, ref) <= 1e-6
     out.square().sum().backward()
     assert loaded.visual.transformer.resblocks[0].mlp.c_fc.weight.grad is not None
+
+
+def test_saving_over_the_loaded_file_keeps_the_model(mode, saved):
+    """``pe.save`` writes a new file and renames it: the mapping (and released pages) keep the old file."""
+    model, path = saved
+    mode("mapped")
+    loaded = load(path)
+    image, ids = _inputs()
+    with torch.inference_mode():
+        want = loaded.encode_image(image), loaded.encode_text(ids)  # packs, releases the plain pages
+    save(randomize(CLIP(tiny_clip_config()), seed=5), path)  # other weights, same path
+    with torch.inference_mode():
+        got = loaded.encode_image(image), loaded.encode_text(ids)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    fc = loaded.visual.transformer.resblocks[0].mlp.c_fc.weight
+    assert torch.equal(fc, model.visual.transformer.resblocks[0].mlp.c_fc.weight)  # read back: old file
