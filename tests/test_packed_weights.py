@@ -56,6 +56,19 @@ def saved(tmp_path):
     return model, path
 
 
+@pytest.fixture
+def packed(mode, saved):
+    """``(in-memory model, the same loaded from its file, its first-pass outputs)``: the loaded model has
+    run once in ``mapped`` mode, so its weights are packed and their plain pages released."""
+    model, path = saved
+    mode("mapped")
+    loaded = load(path)
+    image, ids = _inputs()
+    with torch.inference_mode():
+        first = loaded.encode_image(image), loaded.encode_text(ids)
+    return model, loaded, first
+
+
 def test_mapped_is_the_default():
     assert linear_mod._pack_mode("auto") == "mapped"
     assert linear_mod.weight_packing_mode() in ("mapped", "off")  # "off" only if PE_PACK_WEIGHTS says so
@@ -124,14 +137,10 @@ def test_off_and_all(mode, saved):
         mode("sometimes")
 
 
-def test_training_reads_the_plain_weights(mode, saved):
+def test_training_reads_the_plain_weights(packed):
     """Gradients take the F.linear path, which reads the released pages back from the file."""
-    model, path = saved
-    mode("mapped")
-    loaded = load(path)
+    model, loaded, _ = packed
     image, _ = _inputs()
-    with torch.inference_mode():
-        loaded.encode_image(image)
     loaded.train()
     out = loaded.encode_image(image)
     ref = model.train().encode_image(image)
@@ -140,15 +149,11 @@ def test_training_reads_the_plain_weights(mode, saved):
     assert loaded.visual.transformer.resblocks[0].mlp.c_fc.weight.grad is not None
 
 
-def test_saving_over_the_loaded_file_keeps_the_model(mode, saved):
+def test_saving_over_the_loaded_file_keeps_the_model(packed, saved):
     """``pe.save`` writes a new file and renames it: the mapping (and released pages) keep the old file."""
-    model, path = saved
-    mode("mapped")
-    loaded = load(path)
+    model, loaded, want = packed
     image, ids = _inputs()
-    with torch.inference_mode():
-        want = loaded.encode_image(image), loaded.encode_text(ids)  # packs, releases the plain pages
-    save(randomize(CLIP(tiny_clip_config()), seed=5), path)  # other weights, same path
+    save(randomize(CLIP(tiny_clip_config()), seed=5), saved[1])  # other weights, same path
     with torch.inference_mode():
         got = loaded.encode_image(image), loaded.encode_text(ids)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
