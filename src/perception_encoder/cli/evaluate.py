@@ -11,29 +11,69 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 import click
 
 
-def _load_model(
-    model: str | None, checkpoint: str | None, device: str, dtype: str, vision_only: bool = False
-):
-    """The model to evaluate, in eval mode, and the name to report (the shared ``--model`` rules of
-    ``cli.common.load_model``: ``--checkpoint`` alone brings its own config; neither: the bundled model)."""
-    from .common import default_model, load_model
+@dataclass(frozen=True)
+class EvalRun:
+    """The options every subcommand shares, and what a subcommand does with them: load the model, hand
+    the loader settings to the evaluation, report the results."""
 
-    name = model or checkpoint or default_model()
-    loaded = load_model(
-        model, checkpoint, None if device == "auto" else device, dtype, vision_only=vision_only
-    )
-    return loaded.eval(), str(name)
+    model_name: str | None
+    checkpoint: str | None
+    batch_size: int
+    device: str
+    dtype: str
+    num_workers: int
+    center_crop: bool
+    json_out: str | None
+    progress: bool | None
+
+    @property
+    def name(self) -> str:
+        from .common import default_model
+
+        return str(self.model_name or self.checkpoint or default_model())
+
+    def load(self, vision_only: bool = False):
+        """The model to evaluate, in eval mode (the shared ``--model`` rules of ``cli.common.load_model``:
+        ``--checkpoint`` alone brings its own config; neither: the bundled model)."""
+        from .common import load_model
+
+        device = None if self.device == "auto" else self.device
+        model = load_model(self.model_name, self.checkpoint, device, self.dtype, vision_only=vision_only)
+        return model.eval()
+
+    def loader(self, model) -> dict[str, Any]:
+        """``transform``, ``batch_size``, ``num_workers`` and ``progress`` for an ``evaluate_*`` call."""
+        return {
+            "transform": _transform(model, self.center_crop),
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "progress": sys.stderr.isatty() if self.progress is None else self.progress,
+        }
+
+    def finish(self, results: dict[str, Any]) -> None:
+        """Print (and write) ``results`` under the model's name; fail when nothing was evaluated."""
+        head = {"model": self.name, **({"checkpoint": self.checkpoint} if self.checkpoint else {})}
+        _report({**head, **results}, self.json_out)
+
+
+_RUN_FIELDS = tuple(f.name for f in fields(EvalRun))
 
 
 def _common(default_batch: int) -> Callable:
-    """Options shared by every subcommand."""
+    """Options shared by every subcommand; the decorated function gets them as one ``run: EvalRun``."""
 
     def decorate(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def wrapper(**kwargs):
+            run = EvalRun(**{k: kwargs.pop(k) for k in _RUN_FIELDS})
+            return f(**kwargs, run=run)
+
         options = [
             click.option(
                 "--model",
@@ -91,8 +131,8 @@ def _common(default_batch: int) -> Callable:
             ),
         ]
         for option in reversed(options):
-            f = option(f)
-        return f
+            wrapper = option(wrapper)
+        return wrapper
 
     return decorate
 
@@ -154,10 +194,6 @@ def _ks(value: str) -> tuple[int, ...]:
     return ks
 
 
-def _progress(flag: bool | None) -> bool:
-    return sys.stderr.isatty() if flag is None else flag
-
-
 _templates_option = click.option(
     "--templates",
     type=click.Path(exists=True, dir_okay=False),
@@ -200,11 +236,6 @@ def _features(layer: int | None, pool: str | None):
     return FeatureSpec(pool=pool, layer=-1 if layer is None else layer)
 
 
-def _finish(results: dict[str, Any], name: str, checkpoint: str | None, json_out: str | None) -> None:
-    results = {"model": name, **({"checkpoint": checkpoint} if checkpoint else {}), **results}
-    _report(results, json_out)
-
-
 @click.group(name="eval")
 def command() -> None:
     """Zero-shot, retrieval, linear-probe, k-NN and video evaluation on datasets given as files.
@@ -225,15 +256,7 @@ def zeroshot_cmd(
     templates,
     classnames,
     imagenet_classnames,
-    model_name,
-    checkpoint,
-    batch_size,
-    device,
-    dtype,
-    num_workers,
-    center_crop,
-    json_out,
-    progress,
+    run: EvalRun,
 ):
     """Zero-shot classification of a class folder or a CSV of path,label: top-1, top-5, mean per-class recall."""
     from ..eval.data import labeled_files
@@ -241,17 +264,14 @@ def zeroshot_cmd(
 
     dataset = labeled_files(data, _classnames(classnames, imagenet_classnames))
     prompts = _templates(templates)
-    model, name = _load_model(model_name, checkpoint, device, dtype)
+    model = run.load()
     results = evaluate_zeroshot(
         model,
         dataset,
         templates=prompts,
-        transform=_transform(model, center_crop),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=_progress(progress),
+        **run.loader(model),
     )
-    _finish(results, name, checkpoint, json_out)
+    run.finish(results)
 
 
 @command.command("retrieval", short_help="Image-text retrieval from a CSV: recall@k both ways.")
@@ -266,15 +286,7 @@ def retrieval_cmd(
     csv_file,
     caption_sep,
     recall_at,
-    model_name,
-    checkpoint,
-    batch_size,
-    device,
-    dtype,
-    num_workers,
-    center_crop,
-    json_out,
-    progress,
+    run: EvalRun,
 ):
     """Image-text retrieval from a CSV of path,caption (repeat a path for several captions): recall@k both ways."""
     from ..eval.data import captions_csv
@@ -282,17 +294,14 @@ def retrieval_cmd(
 
     dataset = captions_csv(csv_file, caption_sep)
     ks = _ks(recall_at)
-    model, name = _load_model(model_name, checkpoint, device, dtype)
+    model = run.load()
     results = evaluate_retrieval(
         model,
         dataset,
-        transform=_transform(model, center_crop),
         ks=ks,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=_progress(progress),
+        **run.loader(model),
     )
-    _finish(results, name, checkpoint, json_out)
+    run.finish(results)
 
 
 def _with(options: list[Callable]) -> Callable:
@@ -325,15 +334,7 @@ def linear_probe_cmd(
     pool,
     c_values,
     max_iter,
-    model_name,
-    checkpoint,
-    batch_size,
-    device,
-    dtype,
-    num_workers,
-    center_crop,
-    json_out,
-    progress,
+    run: EvalRun,
 ):
     """Logistic regression on frozen features of DATA/train, scored on DATA/test (needs scikit-learn)."""
     from ..eval.data import split_folders
@@ -342,7 +343,7 @@ def linear_probe_cmd(
     require_sklearn()  # fail before the model loads when scikit-learn is missing
     train, test = split_folders(data)
     features = _features(layer, pool)
-    model, name = _load_model(model_name, checkpoint, device, dtype, vision_only=True)
+    model = run.load(vision_only=True)
     results = evaluate_linear_probe(
         model,
         train,
@@ -350,12 +351,9 @@ def linear_probe_cmd(
         features=features,
         c=list(c_values) if len(c_values) > 1 else (c_values[0] if c_values else 1.0),
         max_iter=max_iter,
-        transform=_transform(model, center_crop),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=_progress(progress),
+        **run.loader(model),
     )
-    _finish(results, name, checkpoint, json_out)
+    run.finish(results)
 
 
 @command.command("knn", short_help="Weighted cosine k-NN on frozen features (train/ and test/).")
@@ -377,15 +375,7 @@ def knn_cmd(
     temperature,
     layer,
     pool,
-    model_name,
-    checkpoint,
-    batch_size,
-    device,
-    dtype,
-    num_workers,
-    center_crop,
-    json_out,
-    progress,
+    run: EvalRun,
 ):
     """Weighted cosine k-NN on frozen features: DATA/train is the memory, DATA/test is scored."""
     from ..eval.data import split_folders
@@ -393,7 +383,7 @@ def knn_cmd(
 
     train, test = split_folders(data)
     features = _features(layer, pool)
-    model, name = _load_model(model_name, checkpoint, device, dtype, vision_only=True)
+    model = run.load(vision_only=True)
     results = evaluate_knn(
         model,
         train,
@@ -401,12 +391,9 @@ def knn_cmd(
         k=k,
         temperature=temperature,
         features=features,
-        transform=_transform(model, center_crop),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=_progress(progress),
+        **run.loader(model),
     )
-    _finish(results, name, checkpoint, json_out)
+    run.finish(results)
 
 
 _frames_option = click.option(
@@ -430,15 +417,7 @@ def video_zeroshot_cmd(
     templates,
     classnames,
     num_frames,
-    model_name,
-    checkpoint,
-    batch_size,
-    device,
-    dtype,
-    num_workers,
-    center_crop,
-    json_out,
-    progress,
+    run: EvalRun,
 ):
     """Zero-shot classification of videos (class folder or CSV of path,label); frame embeddings averaged."""
     from ..eval.data import labeled_files
@@ -446,18 +425,15 @@ def video_zeroshot_cmd(
 
     dataset = labeled_files(data, _classnames(classnames, False), videos=True)
     prompts = _templates(templates)
-    model, name = _load_model(model_name, checkpoint, device, dtype)
+    model = run.load()
     results = evaluate_video_zeroshot(
         model,
         dataset,
         templates=prompts,
         num_frames=num_frames,
-        transform=_transform(model, center_crop),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=_progress(progress),
+        **run.loader(model),
     )
-    _finish(results, name, checkpoint, json_out)
+    run.finish(results)
 
 
 @command.command("video-retrieval", short_help="Video-text retrieval from a CSV: recall@k both ways.")
@@ -474,15 +450,7 @@ def video_retrieval_cmd(
     caption_sep,
     recall_at,
     num_frames,
-    model_name,
-    checkpoint,
-    batch_size,
-    device,
-    dtype,
-    num_workers,
-    center_crop,
-    json_out,
-    progress,
+    run: EvalRun,
 ):
     """Video-text retrieval from a CSV of path,caption: recall@k both ways (frames normalised, then averaged)."""
     from ..eval.data import captions_csv
@@ -490,15 +458,12 @@ def video_retrieval_cmd(
 
     dataset = captions_csv(csv_file, caption_sep)
     ks = _ks(recall_at)
-    model, name = _load_model(model_name, checkpoint, device, dtype)
+    model = run.load()
     results = evaluate_video_retrieval(
         model,
         dataset,
         num_frames=num_frames,
-        transform=_transform(model, center_crop),
         ks=ks,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=_progress(progress),
+        **run.loader(model),
     )
-    _finish(results, name, checkpoint, json_out)
+    run.finish(results)
