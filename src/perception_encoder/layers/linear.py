@@ -47,27 +47,21 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from ..pages import is_file_backed, release_file_pages
+from ..pages import file_mappings, is_file_backed, release_file_pages
+
+_FALSE = ("0", "false", "no", "off", "")
 
 
 def _env_flag(name: str, default: str) -> bool:
-    return os.environ.get(name, default).strip().lower() not in ("0", "false", "no", "off", "")
+    return os.environ.get(name, default).strip().lower() not in _FALSE
 
 
 _ENABLED = _env_flag("PE_ONEDNN_LINEAR", "1")
 _PACK_MODES = {
     "mapped": "mapped",
     "auto": "mapped",
-    "all": "all",
-    "1": "all",
-    "true": "all",
-    "on": "all",
-    "yes": "all",
-    "off": "off",
-    "0": "off",
-    "false": "off",
-    "no": "off",
-    "": "off",
+    **dict.fromkeys(("all", "1", "true", "on", "yes"), "all"),
+    **dict.fromkeys(_FALSE, "off"),
 }
 
 
@@ -181,12 +175,13 @@ def _stamp(weight: torch.Tensor) -> tuple[int, int]:
 
 def _pack(weight: torch.Tensor, rows: int, mode: str) -> torch.Tensor | None:
     """The packed copy of ``weight`` under ``mode``, or ``None`` where the mode leaves it unpacked."""
-    if mode == "mapped" and not is_file_backed(weight):
+    mappings = file_mappings() if mode == "mapped" else []  # read /proc/self/maps once per weight
+    if mode == "mapped" and not is_file_backed(weight, mappings):
         return None
     # the layout is chosen for a row count; below ~9 rows oneDNN picks one that is 2x slower for any
     # larger batch (measured), so never hint fewer than 16
     packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(16, rows))
-    if mode == "mapped" and release_file_pages(weight) == 0:
+    if mode == "mapped" and release_file_pages(weight, mappings) == 0:
         return None  # modified pages (or too small to release): a packed copy would be a second one
     return packed
 
