@@ -54,6 +54,18 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> torch
     return model.eval()
 
 
+def token_ids(batch: int, context: int, lengths: list[int], seed: int = 0) -> torch.Tensor:
+    """``(batch, context)`` token ids: start token, random word tokens, end-of-text at ``lengths[i] - 1``,
+    zero padding after it."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(batch, context, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, 0] = 49406
+        ids[i, 1 : n - 1] = torch.randint(1, 49000, (n - 2,), generator=g)
+        ids[i, n - 1] = 49407
+    return ids
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative error ||a - b|| / ||b||."""
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import randomize, rel_err, released_config, tiny_clip_config, tiny_vision_config
+from conftest import randomize, rel_err, released_config, tiny_clip_config, tiny_vision_config, token_ids
 from perception_encoder.cli.main import main
 from perception_encoder.clip import CLIP
 from perception_encoder.factory import save
@@ -25,16 +25,6 @@ from perception_encoder.export import OnnxEncoder, export_onnx  # noqa: E402
 from perception_encoder.export import onnx as onnx_mod  # noqa: E402
 
 TOL = 1e-4
-
-
-def _ids(batch: int, context: int, lengths: list[int], seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(batch, context, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        ids[i, 0] = 49406
-        ids[i, 1 : n - 1] = torch.randint(1, 49000, (n - 2,), generator=g)
-        ids[i, n - 1] = 49407
-    return ids
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +57,7 @@ def test_text_graph_has_dynamic_batch_and_length_and_trims(clip, graphs):
     assert (enc.what, enc.context_length, enc.vocab_size) == ("text", 16, 49408)
     with torch.no_grad():
         for lengths in ([16], [3, 7, 5], [4, 4]):
-            ids = _ids(len(lengths), 16, lengths, seed=len(lengths))
+            ids = token_ids(len(lengths), 16, lengths, seed=len(lengths))
             want = clip.encode_text(ids)
             assert rel_err(enc.encode_text(ids), want) <= TOL
             # the raw graph at full context equals the trimmed run
@@ -149,7 +139,7 @@ def test_errors(clip, graphs, tmp_path):
         OnnxEncoder(tmp_path / "missing.onnx")
     image, text = OnnxEncoder(graphs["image"]), OnnxEncoder(graphs["text"])
     with pytest.raises(ValueError, match="encodes images, not texts"):
-        image.encode_text(_ids(1, 16, [4]))
+        image.encode_text(token_ids(1, 16, [4]))
     with pytest.raises(ValueError, match=r"shape \(B, 3, 32, 32\)"):
         image.encode_image(torch.randn(1, 3, 48, 48))
     with pytest.raises(ValueError, match="out of range"):
@@ -198,7 +188,7 @@ def test_pe_export_onnx(model_file, clip, tmp_path):
     result = _run("export", "onnx", "--checkpoint", model_file, "--what", "text", "-o", out)
     assert result.exit_code == 0, result.output
     assert "checked against PyTorch" in result.output
-    ids = _ids(2, 16, [5, 9])
+    ids = token_ids(2, 16, [5, 9])
     with torch.no_grad():
         assert rel_err(OnnxEncoder(out).encode_text(ids), clip.encode_text(ids)) <= TOL
     result = _run("export", "onnx", "--checkpoint", model_file, "--what", "video", "-o", tmp_path / "v.onnx")

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import randomize, rel_err, tiny_clip_config
+from conftest import randomize, rel_err, tiny_clip_config, token_ids
 from perception_encoder.clip import CLIP
 from perception_encoder.factory import load, save
 from perception_encoder.layers import linear as linear_mod
@@ -43,9 +43,7 @@ def mode():
 
 def _inputs():
     g = torch.Generator().manual_seed(0)
-    ids = torch.zeros(2, 16, dtype=torch.long)
-    ids[:, 0], ids[0, 1:6], ids[0, 6], ids[1, 1:3], ids[1, 3] = 49406, 320, 49407, 321, 49407
-    return torch.randn(2, 3, 32, 32, generator=g), ids
+    return torch.randn(2, 3, 32, 32, generator=g), token_ids(2, 16, [7, 4])
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import randomize, rel_err, released_config, tiny_clip_config, tiny_vision_config
+from conftest import randomize, rel_err, released_config, tiny_clip_config, tiny_vision_config, token_ids
 from perception_encoder.clip import CLIP
 from perception_encoder.factory import create_model, load, save
 from perception_encoder.layers import Attention, apply_rope_2d, rope_2d_tables
@@ -28,16 +28,6 @@ def plain_linear():
     set_onednn_linear(False)
     yield
     set_onednn_linear(before)
-
-
-def _ids(batch: int, context: int, lengths: list[int], seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(batch, context, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        ids[i, 0] = 49406
-        ids[i, 1 : n - 1] = torch.randint(1, 49000, (n - 2,), generator=g)
-        ids[i, n - 1] = 49407
-    return ids
 
 
 # --- linear ----------------------------------------------------------------------------------------------
@@ -80,7 +70,7 @@ def test_fused_linear_keeps_gradients():
 def test_plain_and_fused_paths_give_the_same_model_outputs(plain_linear):
     model = randomize(CLIP(tiny_clip_config()))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    ids = _ids(2, 16, [5, 9])
+    ids = token_ids(2, 16, [5, 9])
     with torch.inference_mode():
         img_plain, txt_plain = model.encode_image(x), model.encode_text(ids)
         set_onednn_linear(True)
@@ -118,7 +108,7 @@ def test_packed_weights_all(dtype, tol):
 def test_packed_model_outputs_match():
     model = randomize(CLIP(tiny_clip_config()))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    ids = _ids(2, 16, [6, 4])
+    ids = token_ids(2, 16, [6, 4])
     with torch.inference_mode():
         want_img, want_txt = model.encode_image(x), model.encode_text(ids)
         with linear_mod.weight_packing():
@@ -219,7 +209,7 @@ def test_layer_scale_blocks_take_the_unfused_residual():
 
 
 def test_trim_after_last_eot():
-    ids = _ids(3, 16, [4, 7, 5])
+    ids = token_ids(3, 16, [4, 7, 5])
     assert trim_after_last_eot(ids).shape == (3, 7)
     assert torch.equal(trim_after_last_eot(ids), ids[:, :7])
     assert trim_after_last_eot(ids[:, :1]).shape == (3, 1)
@@ -228,7 +218,7 @@ def test_trim_after_last_eot():
 
 def test_trimmed_text_equals_the_full_context_pass():
     model = randomize(CLIP(tiny_clip_config()))
-    ids = _ids(4, 16, [3, 6, 4, 5], seed=2)
+    ids = token_ids(4, 16, [3, 6, 4, 5], seed=2)
     with torch.inference_mode():
         got = model.encode_text(ids)
         full = model.text.forward_features(ids)
@@ -247,7 +237,7 @@ def test_bf16_load_and_agreement_with_float32(tmp_path):
     bf = load(tmp_path / "b16.safetensors", dtype="bf16")
     assert all(p.dtype == torch.bfloat16 for p in bf.parameters())
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
-    ids = _ids(2, 32, [6, 11])
+    ids = token_ids(2, 32, [6, 11])
     with torch.inference_mode():
         img32, img16 = model.encode_image(x), bf.encode_image(x)
         txt32, txt16 = model.encode_text(ids), bf.encode_text(ids)
@@ -262,7 +252,7 @@ def test_bf16_load_and_agreement_with_float32(tmp_path):
 def test_towers_trace_without_graph_breaks():
     model = randomize(CLIP(tiny_clip_config()))
     x = torch.randn(2, 3, 32, 32)
-    ids = _ids(2, 16, [5, 16])
+    ids = token_ids(2, 16, [5, 16])
     with torch.no_grad():
         for tower, arg in ((model.visual, x), (model.text, ids)):
             torch._dynamo.reset()
@@ -277,7 +267,7 @@ def test_compiled_towers_match_eager():
     torch._dynamo.reset()
     model = randomize(CLIP(tiny_clip_config()))
     x = torch.randn(2, 3, 32, 32)
-    ids = _ids(3, 16, [4, 9, 6])
+    ids = token_ids(3, 16, [4, 9, 6])
     with torch.no_grad():
         want_img, want_txt = model.encode_image(x), model.encode_text(ids)
         visual = torch.compile(model.visual, backend="aot_eager", fullgraph=True)
@@ -320,7 +310,7 @@ def test_threads_sharing_one_model_agree_with_one_thread(dtype, packed):
         if i % 2:
             jobs.append(("image", torch.randn(1 + i % 3, 3, 32 + 8 * (i % 3), 32, generator=g).to(dtype)))
         else:
-            jobs.append(("text", _ids(2, 16, [3 + i % 5, 4 + i % 7], seed=i)))
+            jobs.append(("text", token_ids(2, 16, [3 + i % 5, 4 + i % 7], seed=i)))
 
     def run(kind, arg):
         with torch.inference_mode():

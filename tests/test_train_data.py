@@ -177,31 +177,21 @@ def test_epoch_batches_cover_each_epoch_once_and_resume_mid_epoch():
     other_epoch = list(EpochBatches(n, gb, seed=1, epoch=1, start=0, first_micro=0, size_of=lambda m: 32))
     assert [k.index for k in other_epoch[0]] != [k.index for k in full[0]]
     # two ranks split each global batch into halves; sizes follow the micro-batch counter
-    r0 = list(
-        EpochBatches(
-            n,
-            gb,
-            seed=1,
-            epoch=0,
-            start=0,
-            first_micro=0,
-            size_of=lambda m: 16 * (1 + m),
-            rank=0,
-            world_size=2,
+    r0, r1 = (
+        list(
+            EpochBatches(
+                n,
+                gb,
+                seed=1,
+                epoch=0,
+                start=0,
+                first_micro=0,
+                size_of=lambda m: 16 * (1 + m),
+                rank=rank,
+                world_size=2,
+            )
         )
-    )
-    r1 = list(
-        EpochBatches(
-            n,
-            gb,
-            seed=1,
-            epoch=0,
-            start=0,
-            first_micro=0,
-            size_of=lambda m: 16 * (1 + m),
-            rank=1,
-            world_size=2,
-        )
+        for rank in (0, 1)
     )
     assert [k.index for k in r0[0] + r1[0]] == [k.index for k in full[0]]
     assert [k.slot for k in r1[0]] == [2, 3] and [b[0].size for b in r0] == [16, 32, 48, 64, 80]
