@@ -36,6 +36,20 @@ class CheckpointFiles:
         return self.reference_bf16 if dtype == "bf16" else self.reference
 
 
+def random_model(name: str, seed: int = 0) -> torch.nn.Module:
+    """Model ``name`` (float32, eval mode) with random weights, every norm and bias non-trivial as trained
+    weights have them (a zero bias or a unit gain would hide a layout mistake)."""
+    torch.manual_seed(seed)
+    model = create_model(name).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.ndim == 1 and n.endswith("bias"):
+                p.normal_(0.0, 0.02)
+            elif p.ndim == 1 and n.endswith("weight"):
+                p.normal_(1.0, 0.02)
+    return model
+
+
 def ensure_checkpoints(name: str, cache: Path = DEFAULT_CACHE, *, seed: int = 0) -> CheckpointFiles:
     """Write (once) random float32 weights for ``name`` in the three layouts; return their paths."""
     folder = Path(cache) / name
@@ -50,14 +64,7 @@ def ensure_checkpoints(name: str, cache: Path = DEFAULT_CACHE, *, seed: int = 0)
             pe.convert(files.reference, files.reference_bf16, to="reference", model=name, dtype="bf16")
         return files
     folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    model = create_model(name).eval()
-    with torch.no_grad():  # give every norm and bias non-trivial values, as trained weights have
-        for n, p in model.named_parameters():
-            if p.ndim == 1 and n.endswith("bias"):
-                p.normal_(0.0, 0.02)
-            elif p.ndim == 1 and n.endswith("weight"):
-                p.normal_(1.0, 0.02)
+    model = random_model(name, seed)
     native = model.state_dict()
     write_checkpoint(from_native(native, "reference"), files.reference, model.config)
     del model, native

@@ -25,11 +25,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _checkpoints import random_model  # noqa: E402
 from _flops import image_flops  # noqa: E402
 from _peers import OPEN_CLIP_NAMES, TIMM_NAMES  # noqa: E402
 
 from perception_encoder.configs import get_model_info  # noqa: E402
-from perception_encoder.factory import create_model  # noqa: E402
 from perception_encoder.weights.formats import from_native  # noqa: E402
 
 
@@ -37,14 +37,7 @@ def build(name: str, with_open_clip: bool):
     """Ours (CLIP, float32 on the CPU, non-trivial random weights), timm's tower and optionally open_clip."""
     import timm
 
-    torch.manual_seed(0)
-    ours = create_model(name).eval()
-    with torch.no_grad():
-        for n, p in ours.named_parameters():
-            if p.ndim == 1 and n.endswith("bias"):
-                p.normal_(0.0, 0.02)
-            elif p.ndim == 1 and n.endswith("weight"):
-                p.normal_(1.0, 0.02)
+    ours = random_model(name, seed=0)
     native = ours.state_dict()
     vision = {k[len("visual.") :]: v for k, v in native.items() if k.startswith("visual.")}
     tm = timm.create_model(TIMM_NAMES[name], pretrained=False).eval()
