@@ -62,6 +62,17 @@ class EvalRun:
         _report({**head, **results}, self.json_out)
 
 
+def _with(options: list[Callable]) -> Callable:
+    """Apply a list of click options (first in the list = first in ``--help``)."""
+
+    def decorate(f: Callable) -> Callable:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
 _RUN_FIELDS = tuple(f.name for f in fields(EvalRun))
 
 
@@ -130,9 +141,7 @@ def _common(default_batch: int) -> Callable:
                 "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
             ),
         ]
-        for option in reversed(options):
-            wrapper = option(wrapper)
-        return wrapper
+        return _with(options)(wrapper)
 
     return decorate
 
@@ -302,15 +311,6 @@ def retrieval_cmd(
         **run.loader(model),
     )
     run.finish(results)
-
-
-def _with(options: list[Callable]) -> Callable:
-    def decorate(f: Callable) -> Callable:
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return decorate
 
 
 @command.command("linear-probe", short_help="Logistic regression on frozen features (train/ and test/).")
