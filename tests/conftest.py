@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
+import shutil
+import tempfile
 
-import pytest
-import torch
+# Tests never touch the network nor the developer's Hugging Face cache: the hub is offline and every cache
+# location points into a fresh folder for this session (set before anything imports huggingface_hub, which
+# reads them once). A test that needs a hub cache builds one under it or its own tmp_path.
+HF_TEST_HOME = tempfile.mkdtemp(prefix="pe-tests-hf-")
+atexit.register(shutil.rmtree, HF_TEST_HOME, ignore_errors=True)
+for _var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_ASSETS_CACHE", "HF_TOKEN"):
+    os.environ.pop(_var, None)
+os.environ["HF_HOME"] = HF_TEST_HOME
+os.environ["HF_HUB_OFFLINE"] = "1"
 
-from perception_encoder.configs import CLIPConfig, TextConfig, VisionConfig, get_model_info
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-# Tests never touch the network: the hub is offline unless a test points it at a local cache.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from perception_encoder.configs import CLIPConfig, TextConfig, VisionConfig, get_model_info  # noqa: E402
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,13 @@ def test_model_without_released_weights_asks_for_a_checkpoint(monkeypatch):
     monkeypatch.setitem(configs._REGISTRY, info.name, info)
     with pytest.raises(CheckpointError, match="no released weights.*checkpoint=PATH"):
         load(info.name)
+
+
+def test_the_test_session_never_sees_the_developers_cache():
+    """conftest points every Hugging Face cache at a fresh folder and turns the hub offline."""
+    from conftest import HF_TEST_HOME
+
+    assert os.environ["HF_HOME"] == HF_TEST_HOME
+    assert hub.hub_cache_dir() == os.path.join(HF_TEST_HOME, "hub")
+    assert hub.hub_offline()
+    assert os.path.expanduser("~") not in HF_TEST_HOME
