@@ -16,8 +16,8 @@ import torch
 
 import perception_encoder as pe
 from perception_encoder.factory import create_model
+from perception_encoder.weights.files import write_checkpoint
 from perception_encoder.weights.formats import from_native
-from perception_encoder.weights.io import write_checkpoint
 
 DEFAULT_CACHE = Path(
     os.environ.get("PE_BENCH_CACHE", Path.home() / ".cache" / "perception_encoder" / "bench")

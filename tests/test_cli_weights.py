@@ -13,8 +13,8 @@ from perception_encoder.cli.main import main
 from perception_encoder.configs import ModelInfo, get_model_info
 from perception_encoder.factory import load, save
 from perception_encoder.vision import VisionTransformer
+from perception_encoder.weights import files as io
 from perception_encoder.weights import formats as F
-from perception_encoder.weights import io
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 
@@ -16,8 +17,8 @@ from perception_encoder.clip import CLIP
 from perception_encoder.configs import ModelInfo, UnknownModelError, config_from_dict, get_model_info
 from perception_encoder.errors import CheckpointError
 from perception_encoder.vision import VisionTransformer
+from perception_encoder.weights import files as io
 from perception_encoder.weights import formats as F
-from perception_encoder.weights import io
 
 TINY_CLIP = "Test-Tiny-CLIP"
 TINY_VISION = "Test-Tiny-Vision"
@@ -331,6 +332,46 @@ def test_bad_files_give_clear_errors(tmp_path, registered, tiny_clip):
         factory.load(st)
 
 
+def test_a_fifo_or_a_device_is_refused_without_opening_it(tmp_path, registered):
+    fifo = tmp_path / "pipe.pt"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    for source in (fifo, "/dev/zero.pt"):
+        if source == "/dev/zero.pt":
+            source = tmp_path / "zero.safetensors"
+            source.symlink_to("/dev/zero")  # reading it would never end
+        with pytest.raises(CheckpointError, match="not a regular file"):
+            factory.load(TINY_CLIP, checkpoint=source)
+        with pytest.raises(CheckpointError, match="not a regular file"):
+            factory.inspect_checkpoint(source)
+
+
+def test_a_config_nested_too_deeply_is_refused(tmp_path, tiny_clip):
+    st = factory.save(tiny_clip, tmp_path / "m.safetensors")
+    (tmp_path / "m.json").write_text('{"type": "vision", "width": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        factory.load(st)
+
+
+def test_info_and_load_use_the_same_config_for_a_file(tmp_path, tiny_clip):
+    """One rule decides: the saved config when it fits the shapes, else an error in both."""
+    path = factory.save(tiny_clip, tmp_path / "m.safetensors")
+    # heads do not show in shapes: the saved JSON decides them, for load and for info alike
+    cfg = tiny_clip.config
+    other_heads = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, heads=1))
+    (tmp_path / "m.json").write_text(configs.config_to_json(other_heads))
+    assert factory.load(path).visual.config.heads == 1
+    facts = factory.inspect_checkpoint(path)
+    assert (facts["vision_heads"], facts["config_source"]) == (1, "json")
+
+    wrong = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, depth=3))
+    (tmp_path / "m.json").write_text(configs.config_to_json(wrong))
+    for call in (factory.load, factory.inspect_checkpoint):
+        with pytest.raises(
+            CheckpointError, match=r"config saved with .*m\.safetensors does not fit its weights.*depth 3"
+        ):
+            call(path)
+
+
 # --- convert / inspect ---------------------------------------------------------------------------------
 
 
@@ -385,7 +426,7 @@ def test_inspect_a_custom_clip_checkpoint(tmp_path, tiny_clip):
 
 def test_half_precision_checkpoint_loads_as_float32_by_default(tmp_path):
     import perception_encoder as pe
-    from perception_encoder.weights.io import read_state_dict
+    from perception_encoder.weights.files import read_state_dict
 
     model = randomize(CLIP(tiny_clip_config()))
     path = tmp_path / "half.safetensors"

@@ -15,8 +15,9 @@ from perception_encoder.configs import ModelInfo, get_model_info
 from perception_encoder.errors import CheckpointError
 from perception_encoder.factory import load
 from perception_encoder.vision import VisionTransformer
+from perception_encoder.weights import files as io
 from perception_encoder.weights import formats as F
-from perception_encoder.weights import hub, io
+from perception_encoder.weights import hub
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 

@@ -13,7 +13,7 @@ import torch
 import perception_encoder as pe
 from perception_encoder.configs import VisionConfig
 from perception_encoder.pages import file_mappings, release_file_pages
-from perception_encoder.weights.io import read_state_dict
+from perception_encoder.weights.files import read_state_dict
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and madvise are Linux's")
 

@@ -38,8 +38,8 @@ _EXPORTS: dict[str, str] = {
     "count_parameters": "factory",
     "detect_format": "weights.formats",
     "convert_state_dict": "weights.formats",
-    "infer_config": "weights.io",
-    "read_state_dict": "weights.io",
+    "infer_config": "weights.shapes",
+    "read_state_dict": "weights.files",
     # data in
     "tokenizer": "tokenization",
     "Tokenizer": "tokenization",

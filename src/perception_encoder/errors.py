@@ -20,3 +20,8 @@ class VideoLoadError(PEError, ValueError):
 
 class CheckpointError(PEError, ValueError):
     """A checkpoint that cannot be used: unreadable, truncated, unknown format, or for another model."""
+
+
+class OutputError(PEError, OSError):
+    """An output that cannot be written: a missing or read-only folder, a parent that is a file, a name too
+    long for the file system, a full disk. The message names the path."""

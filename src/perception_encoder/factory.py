@@ -27,22 +27,18 @@ from torch import nn
 
 from .configs import CLIPConfig, ModelConfig, ModelInfo, VisionConfig, get_model_info
 from .errors import CheckpointError
-from .weights.formats import FORMATS, detect_format, from_native, is_clip, to_native, vision_part
-from .weights.hub import is_hub_spec, resolve_hub_spec, resolve_released
-from .weights.io import (
+from .weights.files import (
     CHECKPOINT_SUFFIXES,
     SAFETENSORS_SUFFIX,
     check_checkpoint_path,
-    check_state_dict,
-    infer_config,
-    load_into,
-    read_config,
     read_state_dict,
-    registered_matches,
-    same_shapes,
     save_safetensors,
     write_checkpoint,
 )
+from .weights.formats import FORMATS, detect_format, from_native, is_clip, to_native, vision_part
+from .weights.hub import is_hub_spec, resolve_hub_spec, resolve_released
+from .weights.shapes import config_for_checkpoint, registered_matches
+from .weights.strict import check_state_dict, load_into
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 CONVERT_TARGETS = ("reference", "timm", "open_clip", "safetensors")
@@ -159,22 +155,16 @@ def _locate(checkpoint: str | os.PathLike | None, info: ModelInfo | None) -> Pat
 
 
 def _config_for_file(path: Path, native: dict[str, torch.Tensor]) -> ModelConfig:
-    """The config of a checkpoint loaded without a model name: saved beside it, else read from its shapes
-    (the registered config when the shapes match one, since head counts do not show in shapes)."""
-    saved = read_config(path)
-    if saved is not None:
-        return saved
-    inferred = infer_config(native)
-    matches = registered_matches(inferred)
-    if matches:
-        registered = get_model_info(matches[0]).config
-        return registered if isinstance(inferred, CLIPConfig) else _tower(registered, True)
-    warnings.warn(
-        f"{path}: no config saved beside it and it matches no registered model; the config was read "
-        "from tensor shapes, with guessed head counts (save with pe.save to keep the config)",
-        stacklevel=3,
-    )
-    return inferred
+    """The config of a checkpoint loaded without a model name (``weights.shapes.config_for_checkpoint``:
+    saved beside it, else the registered model its shapes match, else the shapes with a warning)."""
+    config, source = config_for_checkpoint(path, native)
+    if source == "shapes":
+        warnings.warn(
+            f"{path}: no config saved beside it and it matches no registered model; the config was read "
+            "from tensor shapes, with guessed head counts (save with pe.save to keep the config)",
+            stacklevel=3,
+        )
+    return config
 
 
 def _read_native(path: Path) -> dict[str, torch.Tensor]:
@@ -346,16 +336,8 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     raw = read_state_dict(p)
     fmt = detect_format(raw)
     native = to_native(raw, fmt, source=str(p))
-    inferred = infer_config(native)
-    saved = read_config(p)
-    config, source = inferred, "shapes"
-    matches = registered_matches(inferred)
-    if saved is not None and same_shapes(saved, inferred):
-        config, source = saved, "json"
-    elif matches:
-        registered = get_model_info(matches[0]).config
-        config = registered if isinstance(inferred, CLIPConfig) else _tower(registered, True)
-        source = "registry"
+    config, source = config_for_checkpoint(p, native)  # the config pe.load would use
+    matches = registered_matches(config)
     v = config.vision if isinstance(config, CLIPConfig) else config
     t = config.text if isinstance(config, CLIPConfig) else None
     n_params = sum(x.numel() for x in native.values())
