@@ -16,6 +16,43 @@ from typing import Any, Literal
 
 PoolType = Literal["attn", "none", "cls", "avg"]
 
+# Bounds on config fields, far above any real model (the largest release, PE-Core-G, is 1536 wide and 50
+# deep at 448 px), so a typo or a hostile file fails here instead of allocating terabytes.
+MAX_DEPTH = 512
+MAX_WIDTH = 32768
+MAX_MLP_DIM = 262144
+MAX_IMAGE_SIZE = 16384
+MAX_PATCH_SIZE = 1024
+MAX_CONTEXT_LENGTH = 65536
+MAX_VOCAB_SIZE = 10_000_000
+MAX_PARAMETERS = 200_000_000_000
+
+
+def _check_int(owner: str, name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: {name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{owner}: {name} must be between {low} and {high:,}, got {value:,}")
+
+
+def _check_float(owner: str, name: str, value: Any, positive: bool = True) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{owner}: {name} must be a number, got {value!r}")
+    if value != value or value in (float("inf"), float("-inf")) or (positive and value <= 0):
+        raise ValueError(
+            f"{owner}: {name} must be a {'positive ' if positive else ''}finite number, got {value!r}"
+        )
+
+
+def _check_size(owner: str, width: int, depth: int, mlp_dim: int, extra: int = 0) -> None:
+    """Refuse configs whose blocks alone would exceed ``MAX_PARAMETERS`` (estimated, no allocation)."""
+    params = depth * (4 * width * width + 2 * width * mlp_dim) + extra
+    if params > MAX_PARAMETERS:
+        raise ValueError(
+            f"{owner}: about {params:,} parameters, more than the {MAX_PARAMETERS:,} allowed "
+            "(check width, depth and mlp_dim)"
+        )
+
 
 @dataclass(frozen=True)
 class VisionConfig:
@@ -49,6 +86,21 @@ class VisionConfig:
         return self.width // self.heads
 
     def __post_init__(self) -> None:
+        owner = "VisionConfig"
+        _check_int(owner, "image_size", self.image_size, 1, MAX_IMAGE_SIZE)
+        _check_int(owner, "patch_size", self.patch_size, 1, min(MAX_PATCH_SIZE, self.image_size))
+        _check_int(owner, "width", self.width, 1, MAX_WIDTH)
+        _check_int(owner, "depth", self.depth, 1, MAX_DEPTH)
+        _check_int(owner, "heads", self.heads, 1, self.width)
+        _check_int(owner, "mlp_dim", self.mlp_dim, 1, MAX_MLP_DIM)
+        _check_int(owner, "attn_pooler_heads", self.attn_pooler_heads, 1, self.width)
+        if self.output_dim is not None:
+            _check_int(owner, "output_dim", self.output_dim, 1, MAX_WIDTH)
+        _check_float(owner, "norm_eps", self.norm_eps)
+        _check_float(owner, "rope_theta", self.rope_theta)
+        if self.ls_init_value is not None:
+            _check_float(owner, "ls_init_value", self.ls_init_value, positive=False)
+        _check_size(owner, self.width, self.depth, self.mlp_dim, (self.image_size // self.patch_size) ** 2)
         if self.width % self.heads:
             raise ValueError(f"VisionConfig: width {self.width} is not divisible by heads {self.heads}")
         if self.use_rope2d and self.head_dim % 4:
@@ -78,6 +130,18 @@ class TextConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        owner = "TextConfig"
+        _check_int(owner, "context_length", self.context_length, 1, MAX_CONTEXT_LENGTH)
+        _check_int(owner, "vocab_size", self.vocab_size, 1, MAX_VOCAB_SIZE)
+        _check_int(owner, "width", self.width, 1, MAX_WIDTH)
+        _check_int(owner, "depth", self.depth, 1, MAX_DEPTH)
+        _check_int(owner, "heads", self.heads, 1, self.width)
+        _check_int(owner, "mlp_dim", self.mlp_dim, 1, MAX_MLP_DIM)
+        _check_int(owner, "output_dim", self.output_dim, 1, MAX_WIDTH)
+        _check_float(owner, "norm_eps", self.norm_eps)
+        if self.ls_init_value is not None:
+            _check_float(owner, "ls_init_value", self.ls_init_value, positive=False)
+        _check_size(owner, self.width, self.depth, self.mlp_dim, self.vocab_size * self.width)
         if self.width % self.heads:
             raise ValueError(f"TextConfig: width {self.width} is not divisible by heads {self.heads}")
 
@@ -91,6 +155,9 @@ class CLIPConfig:
     init_logit_scale: float = 2.659260036932778  # log(1 / 0.07)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.vision, VisionConfig) or not isinstance(self.text, TextConfig):
+            raise TypeError("CLIPConfig: vision must be a VisionConfig and text a TextConfig")
+        _check_float("CLIPConfig", "init_logit_scale", self.init_logit_scale, positive=False)
         if self.vision.output_dim != self.text.output_dim:
             raise ValueError(
                 f"CLIPConfig: vision output_dim {self.vision.output_dim} != text output_dim {self.text.output_dim}"
@@ -279,17 +346,33 @@ def config_to_dict(config: ModelConfig) -> dict[str, Any]:
     return {"type": kind, **dataclasses.asdict(config)}
 
 
+def _fields(cls: type, data: Any, where: str) -> dict[str, Any]:
+    """``data`` checked to be a dict of ``cls``'s fields (unknown keys are named, not silently dropped)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{where} must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise TypeError(f"{where} has unknown key(s): {', '.join(map(repr, unknown))}")
+    return data
+
+
 def config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Inverse of ``config_to_dict``; every field is validated (types, and bounds far above real models)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"a model config must be a JSON object, got {type(data).__name__}")
     data = dict(data)
     kind = data.pop("type", "clip" if "text" in data else "vision")
     if kind == "clip":
+        _fields(CLIPConfig, data, "CLIP config")
+        if "vision" not in data or "text" not in data:
+            raise TypeError("a CLIP config needs 'vision' and 'text'")
         return CLIPConfig(
-            vision=VisionConfig(**data["vision"]),
-            text=TextConfig(**data["text"]),
+            vision=VisionConfig(**_fields(VisionConfig, data["vision"], "vision config")),
+            text=TextConfig(**_fields(TextConfig, data["text"], "text config")),
             init_logit_scale=data.get("init_logit_scale", CLIPConfig.init_logit_scale),
         )
     if kind == "vision":
-        return VisionConfig(**data)
+        return VisionConfig(**_fields(VisionConfig, data, "vision config"))
     raise ValueError(f"unknown config type {kind!r}")
 
 

@@ -211,13 +211,12 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
+        from ..input_files import file_problem, parse_json, read_text
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"training config {str(path)!r} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"training config {str(path)!r} is not valid JSON: {e}") from None
+        if file_problem(path) == "no such file":
+            raise FileNotFoundError(f"training config {str(path)!r} does not exist")
+        data = parse_json(read_text(path, "training config"), f"training config {str(path)!r}")
         if not isinstance(data, dict):
             raise ValueError(f"training config {str(path)!r} must hold a JSON object")
         return cls.from_dict(data)

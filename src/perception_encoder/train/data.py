@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import json
 import os
 import re
 import tarfile
@@ -35,6 +34,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..images import IMAGE_EXTENSIONS, is_image_file, iter_image_files, load_image
+from ..input_files import parse_json
 from .augment import TrainTransform
 from .config import DataConfig
 
@@ -304,10 +304,7 @@ class TarSource(Source):
             if ext in members:
                 text = self._read(members[ext]).decode("utf-8", errors="replace")
                 if ext == "json":
-                    try:
-                        meta = json.loads(text)
-                    except json.JSONDecodeError:
-                        raise BadSampleError(f"{key}: invalid json member") from None
+                    meta = parse_json(text, f"{key}: json member", error=BadSampleError)
                     text = meta.get("caption") or meta.get("text") if isinstance(meta, dict) else None
                 caption = text
                 break
