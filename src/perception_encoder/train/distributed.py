@@ -61,13 +61,15 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
     return info, device
 
 
-def all_reduce_sum(value: float | int, info: DistInfo, device: torch.device) -> float:
-    """Sum of a Python number over ranks (the number itself in a single process)."""
+def sum_over_ranks(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """Element-wise sum of ``values`` over all ranks, in one all-reduce (float64, on ``device``, which NCCL
+    needs to be the GPU); ``values`` itself in a single process. Every rank must call it with a list of the
+    same length."""
     if not info.enabled:
-        return value
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return float(t.item())
+    return t.tolist()
 
 
 def barrier(info: DistInfo) -> None:

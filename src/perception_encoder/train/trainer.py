@@ -46,7 +46,7 @@ from .checkpoint import (
 )
 from .config import Stage, TrainConfig, stage_at
 from .data import Batch, Collator, EpochBatches, TrainingDataset, open_source
-from .distributed import DistInfo, barrier, init_distributed, shutdown
+from .distributed import DistInfo, barrier, init_distributed, shutdown, sum_over_ranks
 from .init import init_clip_weights
 from .loss import clip_loss, mask_consistency_loss
 from .masking import mask_patches, masked_slots
@@ -205,14 +205,6 @@ def _micro_batches(
         epoch, index = epoch + 1, 0
 
 
-def _sum_over_ranks(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
-    if not info.enabled:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
-    return t.tolist()
-
-
 # --- the loop ---------------------------------------------------------------------------------------------
 
 
@@ -317,7 +309,7 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
                     bad_logged += 1
         empty_flags = [float(len(b) == 0) for b in micro_batches]
         local_bad = float(sum(len(b.bad) for b in micro_batches))
-        reduced = _sum_over_ranks([*empty_flags, local_bad], info, device)
+        reduced = sum_over_ranks([*empty_flags, local_bad], info, device)
         run = [i for i, e in enumerate(reduced[:-1]) if e == 0]
         position.bad_samples += int(reduced[-1])
 
@@ -441,7 +433,7 @@ def _micro_step(
         selected = [i for i, s in enumerate(batch.slots.tolist()) if s in chosen]
     masked_count = 0
     if config.mask.enabled and config.mask.fraction > 0:
-        masked_count = int(_sum_over_ranks([float(len(selected))], info, device)[0])
+        masked_count = int(sum_over_ranks([float(len(selected))], info, device)[0])
     if selected:
         seeds = [f"{config.seed}/{step}/{micro}/{int(batch.slots[i])}" for i in selected]
         pixels = torch.cat([pixels, mask_patches(pixels[selected], patch, config.mask.ratio, seeds)])
@@ -457,7 +449,7 @@ def _micro_step(
     loss = c_loss + config.mask.weight * m_loss
     # x world: DDP averages gradients, the global loss needs their sum (see loss.py); / runs: accumulation
     scaler.scale(loss * (info.world_size / runs)).backward()
-    m_value = _sum_over_ranks([float(m_loss.detach())], info, device)[0] if masked_count else 0.0
+    m_value = sum_over_ranks([float(m_loss.detach())], info, device)[0] if masked_count else 0.0
     c_value = float(c_loss.detach())
     if not math.isfinite(c_value):
         raise FloatingPointError(f"step {step}: the loss is {c_value}; lower the learning rate")
