@@ -16,7 +16,10 @@ from perception_encoder.factory import load, save
 from perception_encoder.layers import linear as linear_mod
 
 pytestmark = [
-    pytest.mark.skipif(not linear_mod.onednn_linear_enabled(), reason="no oneDNN linear here"),
+    pytest.mark.skipif(
+        not (linear_mod.onednn_linear_enabled() and linear_mod._supported().packing),
+        reason="no packed oneDNN weights here",
+    ),
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and madvise are Linux's"),
 ]
 

@@ -21,6 +21,16 @@ from perception_encoder.text import trim_after_last_eot
 from perception_encoder.vision import VisionTransformer
 
 
+def needs_onednn(*, packing: bool = False, dtype: torch.dtype = torch.float32) -> pytest.MarkDecorator:
+    """Skip where oneDNN's fused linear (with packed weights, in ``dtype``) is not used: on ARM, PyTorch
+    without oneDNN, or an op that failed its probe, the "fused" path is F.linear compared with itself."""
+    support = linear_mod._supported()
+    ok = onednn_linear_enabled() and (support.packing or not packing)
+    ok = ok and (support.bf16 or dtype != torch.bfloat16)
+    what = "packed weights" if packing else "linear"
+    return pytest.mark.skipif(not ok, reason=f"no oneDNN {what} in {dtype} here")
+
+
 @pytest.fixture
 def plain_linear():
     """Run a block of code with the oneDNN path off, then restore it."""
@@ -67,6 +77,7 @@ def test_fused_linear_keeps_gradients():
     assert torch.allclose(b.grad, torch.full((8,), 5.0))
 
 
+@needs_onednn()
 def test_plain_and_fused_paths_give_the_same_model_outputs(plain_linear):
     model = randomize(CLIP(tiny_clip_config()))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -79,11 +90,15 @@ def test_plain_and_fused_paths_give_the_same_model_outputs(plain_linear):
     assert rel_err(txt, txt_plain) <= 1e-6
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize(
+    "dtype, tol",
+    [
+        pytest.param(torch.float32, 1e-6, marks=needs_onednn(packing=True)),
+        pytest.param(torch.bfloat16, 1e-2, marks=needs_onednn(packing=True, dtype=torch.bfloat16)),
+    ],
+)
 def test_packed_weights_all(dtype, tol):
     """Packed copies give the same products, follow in-place changes and die with their weight."""
-    if not onednn_linear_enabled():
-        pytest.skip("no oneDNN linear here")
     g = torch.Generator().manual_seed(1)
     w = torch.randn(64, 32, generator=g).to(dtype)
     b = torch.randn(64, generator=g).to(dtype)
@@ -105,6 +120,7 @@ def test_packed_weights_all(dtype, tol):
     assert linear_mod.packed_weight_bytes() == 0
 
 
+@needs_onednn(packing=True)
 def test_packed_model_outputs_match():
     model = randomize(CLIP(tiny_clip_config()))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
@@ -121,8 +137,10 @@ def test_packed_model_outputs_match():
 
 def test_onednn_is_used_on_this_cpu():
     """The benchmarks' figures assume the fused path; say so loudly if this build lacks it."""
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip("PyTorch built without oneDNN")
+    if not torch.backends.mkldnn.is_available() or not linear_mod._X86:
+        pytest.skip("PyTorch built without oneDNN, or not an x86-64 CPU (where it is not used)")
+    if not linear_mod._ENABLED:
+        pytest.skip("switched off (PE_ONEDNN_LINEAR=0)")
     assert onednn_linear_enabled()
 
 
@@ -299,7 +317,12 @@ def test_inductor_compiles_the_vision_tower():
 
 
 @pytest.mark.parametrize(
-    "dtype, packed", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)]
+    "dtype, packed",
+    [
+        (torch.float32, False),
+        (torch.bfloat16, False),
+        pytest.param(torch.bfloat16, True, marks=needs_onednn(packing=True, dtype=torch.bfloat16)),
+    ],
 )
 def test_threads_sharing_one_model_agree_with_one_thread(dtype, packed):
     """Packed: the threads race to make the packed copies (made once, under a lock)."""

@@ -6,15 +6,23 @@ faster, bfloat16 a few percent, see ``benchmarks/RESULTS.md``), and oneDNN also 
 or a residual add as "post-ops" of the same kernel, which saves a pass over memory and a parallel region
 per fusion. The fused kernel is used only where it is safe:
 
+- x86-64 CPUs with PyTorch built with oneDNN (on ARM, PyTorch's oneDNN build goes through other libraries
+  whose speed was not checked);
 - CPU tensors of the same dtype, float32 or bfloat16 (the latter only where the CPU supports it);
 - no gradient is needed (``torch.no_grad`` / ``torch.inference_mode``, or nothing requires grad): the
   oneDNN op has no backward, training takes the ``F.linear`` path;
 - not while tracing (``torch.compile`` fuses on its own; ONNX export needs standard operators);
-- a contiguous weight (the op reads the weight's memory as row-major).
+- a contiguous weight (the op reads the weight's memory as row-major), and a bias of the weight's rows.
 
 Everywhere else the same arithmetic runs as ``F.linear`` then ``F.gelu`` / ``+``. Results agree with the
 unfused form to float rounding (float32: about 1e-7 relative). Set ``PE_ONEDNN_LINEAR=0`` in the
 environment, or call ``set_onednn_linear(False)``, to always take the ``F.linear`` path.
+
+The oneDNN ops are private to PyTorch (``torch.ops.mkldnn``) and may change between releases. At the first
+use, each one (the fused linear, its residual-add form, weight packing, bfloat16) runs once on tiny tensors
+and is compared with the ``F.linear`` form; one that is missing, raises or disagrees is not used (logged at
+debug level). If an op still fails at run time where ``F.linear`` works, the whole process switches to the
+``F.linear`` path with one ``RuntimeWarning``; that call returns the plain result.
 
 Packed weights: oneDNN reorders each weight into its blocked layout on every call; a packed weight is
 that reordered copy, made once and kept. That saves 5-20 % on image batches and up to half the time where
@@ -38,11 +46,14 @@ mode, used unpacked, since its modified pages cannot be released). Results equal
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import threading
+import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -80,26 +91,110 @@ except ValueError as e:
     raise ValueError(f"PE_PACK_WEIGHTS: {e}") from None
 
 
-def _probe() -> tuple[bool, bool]:
-    """Whether oneDNN's fused linear exists here, and whether it supports bfloat16 on this CPU.
+_log = logging.getLogger(__name__)
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
 
-    x86-64 only: that is where it was measured (on ARM, PyTorch's oneDNN build goes through other
-    libraries whose speed was not checked)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False, False
+
+def _mkldnn() -> Any:
+    """The namespace of oneDNN's private ops, ``torch.ops.mkldnn``, or ``None`` where they are not used
+    (see the module docstring). Every use looks the ops up through here, so tests can stand in a namespace
+    with an op missing or broken."""
+    return torch.ops.mkldnn if _X86 and torch.backends.mkldnn.is_available() else None
+
+
+class _Support(NamedTuple):
+    """What passed the probe: the fused linear (no post-op and exact GELU), its residual-add form, packed
+    weights, and all of those in bfloat16."""
+
+    fused: bool
+    binary: bool
+    packing: bool
+    bf16: bool
+
+
+_NONE = _Support(False, False, False, False)
+_SUPPORT: _Support | None = None  # probed at first use, not at import
+_PROBE_LOCK = threading.Lock()
+
+
+def _check_ops(ops: Any, dtype: torch.dtype, *, binary: bool, packing: bool) -> None:
+    """Run the ops asked for once on tiny tensors; raise unless they give the ``F.linear`` form's results
+    to ``dtype``'s rounding."""
+    g = torch.Generator().manual_seed(0)
+    x, r, w, b = (
+        torch.randn(shape, generator=g, dtype=torch.float32, device="cpu").to(dtype)
+        for shape in ((2, 3, 16), (2, 3, 8), (8, 16), (8,))
+    )
+    y = F.linear(x.float(), w.float(), b.float())
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    weight = ops._reorder_linear_weight(w, 16) if packing else w
+    op = ops._linear_pointwise
+    got = [(op(x, weight, b, "none", [], ""), y), (op(x, weight, b, "gelu", [], "none"), F.gelu(y))]
+    if binary:
+        got.append((op.binary(x, r, weight, b, "add"), r.float() + y))
+    for out, want in got:
+        if (
+            out.shape != want.shape
+            or out.dtype != dtype
+            or not torch.allclose(out.float(), want, rtol=tol, atol=tol)
+        ):
+            raise ValueError("results differ from F.linear's")
+
+
+def _passes(what: str, check: Callable[[], None]) -> bool:
     try:
-        op = torch.ops.mkldnn._linear_pointwise
-        ok = torch.backends.mkldnn.is_available() and op is not None
-    except (AttributeError, RuntimeError):
-        return False, False
-    try:
-        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        bf16 = False
-    return ok, bf16
+        with torch.no_grad():
+            check()
+    except Exception as e:  # whatever a changed op does, it only means the op is not used
+        _log.debug("oneDNN linear: %s not used (%s: %s)", what, type(e).__name__, e)
+        return False
+    return True
 
 
-_AVAILABLE, _BF16 = _probe()
+def _bf16_check(ops: Any, binary: bool, packing: bool) -> None:
+    if not ops._is_mkldnn_bf16_supported():
+        raise RuntimeError("this CPU has no bfloat16 support")
+    _check_ops(ops, torch.bfloat16, binary=binary, packing=packing)
+
+
+def _probe() -> _Support:
+    """Which of oneDNN's ops work here (each feature is tried with those that passed before it)."""
+    ops = _mkldnn()
+    f32 = torch.float32
+    if ops is None or not _passes("fused linear", lambda: _check_ops(ops, f32, binary=False, packing=False)):
+        return _NONE
+    binary = _passes("residual add", lambda: _check_ops(ops, f32, binary=True, packing=False))
+    packing = _passes("packed weights", lambda: _check_ops(ops, f32, binary=binary, packing=True))
+    bf16 = _passes("bfloat16", lambda: _bf16_check(ops, binary, packing))
+    return _Support(True, binary, packing, bf16)
+
+
+def _probed() -> _Support:
+    global _SUPPORT
+    with _PROBE_LOCK:
+        if _SUPPORT is None:
+            _SUPPORT = _probe()
+        return _SUPPORT
+
+
+def _supported() -> _Support:
+    return _SUPPORT or _probed()
+
+
+def _give_up(error: BaseException) -> None:
+    """A oneDNN op failed where ``F.linear`` worked: the plain path from now on, said once."""
+    global _SUPPORT
+    with _PROBE_LOCK:
+        if _SUPPORT is None or not _SUPPORT.fused:
+            return  # another thread got here first
+        _SUPPORT = _NONE
+    clear_packed_weights()  # never used again
+    warnings.warn(
+        f"oneDNN's fused linear failed ({type(error).__name__}: {error}); perception_encoder uses the plain "
+        "F.linear path from now on in this process. Set PE_ONEDNN_LINEAR=0 to skip oneDNN from the start.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def set_onednn_linear(enabled: bool) -> None:
@@ -110,7 +205,7 @@ def set_onednn_linear(enabled: bool) -> None:
 
 def onednn_linear_enabled() -> bool:
     """Whether the fused oneDNN path is available and switched on."""
-    return _ENABLED and _AVAILABLE
+    return _ENABLED and _supported().fused
 
 
 def set_weight_packing(mode: bool | str) -> None:
@@ -123,13 +218,8 @@ def set_weight_packing(mode: bool | str) -> None:
 
 def weight_packing_mode() -> str:
     """The packing mode in force: ``"mapped"``, ``"all"`` or ``"off"`` (``"off"`` where oneDNN's fused
-    linear is not used)."""
-    return _PACK if _ENABLED and _AVAILABLE else "off"
-
-
-def weight_packing_enabled() -> bool:
-    """Whether any weight may be packed."""
-    return weight_packing_mode() != "off"
+    linear or its packed weights are not used)."""
+    return _PACK if _ENABLED and _supported().packing else "off"
 
 
 @contextlib.contextmanager
@@ -180,7 +270,7 @@ def _pack(weight: torch.Tensor, rows: int, mode: str) -> torch.Tensor | None:
         return None
     # the layout is chosen for a row count; below ~9 rows oneDNN picks one that is 2x slower for any
     # larger batch (measured), so never hint fewer than 16
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(16, rows))
+    packed = _mkldnn()._reorder_linear_weight(weight.detach(), max(16, rows))
     if mode == "mapped" and release_file_pages(weight, mappings) == 0:
         return None  # modified pages (or too small to release): a packed copy would be a second one
     return packed
@@ -207,22 +297,62 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
-def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    if not (_ENABLED and _AVAILABLE) or _tracing():
-        return False
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> _Support | None:
+    """What oneDNN may do for this call, or ``None`` where it takes the ``F.linear`` path."""
+    if not _ENABLED or _tracing():
+        return None
+    support = _SUPPORT or _probed()
+    if not support.fused:
+        return None
     if x.device.type != "cpu" or weight.device.type != "cpu" or x.dtype != weight.dtype:
-        return False
-    if x.dtype != torch.float32 and not (x.dtype == torch.bfloat16 and _BF16):
-        return False
+        return None
+    if x.dtype != torch.float32 and not (x.dtype == torch.bfloat16 and support.bf16):
+        return None
+    if not weight.is_contiguous() or weight.ndim != 2 or x.ndim == 0 or x.numel() == 0:
+        return None
+    # F.linear broadcasts a bias that oneDNN rejects, and raises its own error on mismatched shapes
+    if x.shape[-1] != weight.shape[1] or (bias is not None and bias.shape != weight.shape[:1]):
+        return None
     if bias is not None and bias.dtype != weight.dtype:
-        return False
-    if not weight.is_contiguous() or weight.ndim != 2 or x.numel() == 0:
-        return False
+        return None
     if torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     ):
-        return False
-    return True
+        return None
+    return support
+
+
+def _onednn(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    gelu: bool,
+    residual: torch.Tensor | None,
+    packing: bool,
+) -> torch.Tensor:
+    op = _mkldnn()._linear_pointwise
+    if packing and _PACK != "off":
+        weight = _packed(weight, x.numel() // x.shape[-1])
+    if residual is not None:
+        return op.binary(x, residual, weight, bias, "add")
+    if gelu:
+        return op(x, weight, bias, "gelu", [], "none")  # "none": the exact (erf) GELU
+    return op(x, weight, bias, "none", [], "")
+
+
+def _plain(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    gelu: bool,
+    residual: torch.Tensor | None,
+) -> torch.Tensor:
+    y = F.linear(x, weight, bias)
+    if gelu:
+        y = F.gelu(y)
+    if residual is not None:
+        y = residual + y
+    return y
 
 
 def linear(
@@ -241,26 +371,21 @@ def linear(
     """
     if gelu and residual is not None:
         raise ValueError("linear: gelu and residual cannot be combined")
-    fast = _use_onednn(x, weight, bias) and (
+    support = _use_onednn(x, weight, bias)
+    if support is not None and (
         residual is None
         or (
-            residual.dtype == x.dtype
+            support.binary
+            and residual.dtype == x.dtype
             and residual.is_contiguous()
             and residual.shape == (*x.shape[:-1], weight.shape[0])
         )
-    )
-    if fast:
-        op = torch.ops.mkldnn._linear_pointwise
-        if _PACK != "off":
-            weight = _packed(weight, x.numel() // max(1, x.shape[-1]))
-        if residual is not None:
-            return op.binary(x, residual, weight, bias, "add")
-        if gelu:
-            return op(x, weight, bias, "gelu", [], "none")  # "none": the exact (erf) GELU
-        return op(x, weight, bias, "none", [], "")
-    y = F.linear(x, weight, bias)
-    if gelu:
-        y = F.gelu(y)
-    if residual is not None:
-        y = residual + y
-    return y
+    ):
+        try:
+            return _onednn(x, weight, bias, gelu, residual, support.packing)
+        except (RuntimeError, NotImplementedError, AttributeError, TypeError) as e:
+            failure = e
+        y = _plain(x, weight, bias, gelu, residual)  # wrong inputs raise F.linear's error, oneDNN stays on
+        _give_up(failure)
+        return y
+    return _plain(x, weight, bias, gelu, residual)
