@@ -72,7 +72,7 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     mp.spawn(
         _worker, args=(2, _free_port(), str(table), str(tmp_path / "ddp"), result_file), nprocs=2, join=True
     )
-    ddp = torch.load(result_file, weights_only=False)
+    ddp = torch.load(result_file, weights_only=True)
 
     assert ddp["bad"] == single.bad_samples >= 1  # the missing row, met at least once in the first epoch
     assert ddp["losses"] == pytest.approx(single.losses, rel=1e-5)

@@ -1,9 +1,18 @@
 """Training checkpoints: everything a killed run needs to continue the same loss curve.
 
-A checkpoint (``<out>/checkpoints/step_XXXXXXX.pt``, plus ``last.pt``) holds the model, optimiser, scheduler
-and gradient-scaler states, the RNG states (Python, NumPy, torch CPU and CUDA), the data position (epoch,
-index within the epoch), the step, the bad-sample count and the run config. Files are written through a
-temporary file and renamed, so a run killed while saving leaves the previous checkpoint intact.
+A checkpoint (``<out>/checkpoints/step_XXXXXXX.pt``, plus ``last.pt``) is a ``torch.save`` file of one
+dict: a format marker (``"format": "perception_encoder.training_state"``, ``"version": 1``), the model,
+optimiser, scheduler and gradient-scaler states, the RNG states (Python, NumPy, torch CPU and CUDA), the
+data position (epoch, index within the epoch), the step, the bad-sample count and the run config.
+
+Everything in it is a tensor or a plain value (dict, list, tuple, str, int, float, bool, None): saving
+checks this, and reading uses ``torch.load(weights_only=True)``, so a planted file whose pickle carries
+code is refused instead of run. A file that is not a torch file, carries other objects, or lacks the marker
+and keys raises ``CheckpointError`` (a ``ValueError``) with a one-line message naming the file.
+
+Files are written through a temporary file and renamed, so a run killed while saving leaves the previous
+checkpoint intact; the temporary files such a kill leaves behind are removed by the next run
+(``remove_stale_temp_files``).
 
 The finished model is exported separately as ``<out>/model.safetensors`` with its config JSON beside it,
 which ``perception_encoder.load`` reads like any other checkpoint.
@@ -11,8 +20,13 @@ which ``perception_encoder.load`` reads like any other checkpoint.
 
 from __future__ import annotations
 
+import pickle
 import random
-from dataclasses import asdict, dataclass
+import re
+import warnings
+import zipfile
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +34,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..configs import config_to_dict
-from ..weights.io import atomic_write
+from ..errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
+FORMAT = "perception_encoder.training_state"
+VERSION = 1
+_KEYS = ("model", "model_config", "optimizer", "scheduler", "scaler", "rng", "position", "config")
+# What atomic_write leaves after a SIGKILL: ".<target name>.<8 mkstemp characters>.tmp", for our names only
+_STALE_TEMP = re.compile(r"\.(?:last\.pt|step_\d{7,}\.pt)\.[a-z0-9_]{8}\.tmp")
 
 
 @dataclass
@@ -37,19 +57,41 @@ class Position:
     bad_samples: int = 0
 
 
+# --- RNG states -------------------------------------------------------------------------------------------
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The Python, NumPy and torch (CPU, and CUDA when available) RNG states, as tensors and plain values
+    (NumPy's key array becomes an int64 tensor, so the checkpoint needs no NumPy objects)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),  # (version, tuple of ints, None): plain already
+        "numpy": {
+            "bit_generator": str(name),
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNG states ``rng_state`` returned (CUDA's only when CUDA is available)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    key = n["key"].numpy().astype(np.uint32)
+    np.random.set_state((n["bit_generator"], key, n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- saving -----------------------------------------------------------------------------------------------
 
 
 def save_training_state(
@@ -64,10 +106,13 @@ def save_training_state(
     keep: int = 2,
 ) -> Path:
     """Write ``step_<step>.pt`` and ``last.pt`` under ``out_dir/checkpoints``; keep the newest ``keep``
-    numbered files. Returns the numbered file's path."""
+    numbered files. Returns the numbered file's path. Raises ``TypeError`` (before writing anything) when
+    a state holds something other than tensors and plain values, which resuming would refuse."""
     folder = Path(out_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     state = {
+        "format": FORMAT,
+        "version": VERSION,
         "model": model.state_dict(),
         "model_config": config_to_dict(model.config),
         "optimizer": optimizer.state_dict(),
@@ -77,6 +122,7 @@ def save_training_state(
         "position": asdict(position),
         "config": run_config,
     }
+    check_plain(state)
     path = folder / f"step_{position.step:07d}.pt"
     _atomic_save(state, path)
     _atomic_save(state, folder / LAST)
@@ -86,8 +132,51 @@ def save_training_state(
     return path
 
 
+def check_plain(obj: Any, where: str = "state") -> None:
+    """Raise ``TypeError`` naming the first entry of ``obj`` that is not a tensor or a plain value
+    (dict/OrderedDict with str or int keys, list, tuple, str, int, float, bool, None): the only things a
+    ``weights_only`` load accepts without an allow-list."""
+    # exact types: subclasses such as numpy.float64 (a float) or an IntEnum pickle as their own class
+    if obj is None or type(obj) in (bool, int, float, str) or isinstance(obj, torch.Tensor):
+        return
+    if type(obj) in (dict, OrderedDict):
+        for key, value in obj.items():
+            if type(key) not in (str, int):
+                raise TypeError(f"{where} has a key of type {type(key).__name__}: {key!r}")
+            check_plain(value, f"{where}[{key!r}]")
+        return
+    if type(obj) in (list, tuple):
+        for i, value in enumerate(obj):
+            check_plain(value, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}: a training checkpoint holds only "
+        "tensors and plain values"
+    )
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def remove_stale_temp_files(out_dir: str | Path) -> int:
+    """Delete the temporary checkpoint files a run killed while saving left in ``<out_dir>/checkpoints``.
+
+    Only names of ``atomic_write``'s pattern for our own files are touched (``.last.pt.<8 chars>.tmp``,
+    ``.step_XXXXXXX.pt.<8 chars>.tmp``); returns how many were removed (0 when there is no folder).
+    """
+    folder = Path(out_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.iterdir():
+        if _STALE_TEMP.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+# --- reading ----------------------------------------------------------------------------------------------
 
 
 def find_resume(resume: str | None, out_dir: str | Path) -> Path | None:
@@ -107,22 +196,61 @@ def find_resume(resume: str | None, out_dir: str | Path) -> Path | None:
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint (on CPU). It holds Python objects (RNG states, config), so it is read
-    with ``weights_only=False``: resume only from checkpoints you wrote."""
+    """Read a training checkpoint written by ``save_training_state`` (tensors on CPU).
+
+    Read with ``torch.load(weights_only=True)``: nothing in the file is run. Raises ``CheckpointError``
+    naming the file when it is not a torch file, its pickle carries code or objects, or it is a dict
+    without our format marker and keys.
+    """
+    path = Path(path)
+    name = repr(str(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"training checkpoint {name} does not exist")
+    # torch.save writes zip archives; anything else (an empty or cut file, a raw pickle) is not ours
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{name} is not a PyTorch checkpoint file (empty, truncated or another format)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"cannot read training checkpoint {str(path)!r}: {e}") from e
-    missing = {"model", "optimizer", "scheduler", "position"} - set(state)
-    if missing:
-        raise ValueError(f"{str(path)!r} is not a training checkpoint (missing {', '.join(sorted(missing))})")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about unusual pickle protocols before refusing
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        named = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"training checkpoint {name} is refused: its pickle carries code or Python objects{named}, which training "
+            f"checkpoints of pe train (format version {VERSION}) never hold"
+        ) from None
+    except Exception as e:  # corrupt archives raise RuntimeError, KeyError, EOFError ...
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"training checkpoint {name} cannot be read: {reason}") from None
+    _check_layout(state, name)
     return state
+
+
+def _check_layout(state: Any, name: str) -> None:
+    """Raise ``CheckpointError`` unless ``state`` (read from file ``name``) is a dict with our marker, version
+    and keys."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{name} is not a training checkpoint of pe train (no {FORMAT!r} marker)")
+    if state.get("version") != VERSION:
+        raise CheckpointError(
+            f"training checkpoint {name} has format version {state.get('version')!r}; this version reads {VERSION}"
+        )
+    missing = [k for k in _KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"training checkpoint {name} is incomplete (missing {', '.join(missing)})")
+    position = state["position"]
+    expected = {f.name for f in fields(Position)}
+    if not isinstance(position, dict) or set(position) != expected:
+        raise CheckpointError(
+            f"training checkpoint {name} has a malformed position (expected keys {', '.join(sorted(expected))})"
+        )
 
 
 def export_model(model: nn.Module, path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Save the model's weights as safetensors with its config (``<stem>.json`` beside it and in the file's
     metadata), optionally cast to ``dtype`` (e.g. ``torch.float16`` to halve the file)."""
-    from ..weights.io import save_safetensors
+    from ..weights.files import save_safetensors
 
     sd = model.state_dict()
     if dtype is not None:

@@ -41,6 +41,7 @@ from .checkpoint import (
     export_model,
     find_resume,
     load_training_state,
+    remove_stale_temp_files,
     save_training_state,
     set_rng_state,
 )
@@ -277,6 +278,11 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
     metrics = None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temp_files(out)
+        if removed:
+            log.info(
+                "removed %d temporary file(s) left by an interrupted checkpoint save in %s", removed, out
+            )
         (out / "train_config.json").write_text(config.to_json() + "\n")
         metrics = MetricsLog(out, resume_step=position.step, tensorboard=config.tensorboard)
     result = TrainResult(
