@@ -111,7 +111,7 @@ def test_embed_errors(model_file, images, tmp_path):
     path, _ = model_file
     root, _ = images
     assert (
-        "must end in .npy or .parquet"
+        "must end with .npy or .parquet"
         in _run("embed", root, "--out", tmp_path / "x.csv", "--model", path).output
     )
     missing = _run("embed", tmp_path / "nope", "--out", tmp_path / "x.npy", "--model", path)
@@ -144,7 +144,8 @@ def test_classify_errors(model_file, images, tmp_path):
     _, good = images
     assert "at least one label" in _run("classify", good[0], "--labels", " , ", "--model", path).output
     assert (
-        "has no {}" in _run("classify", good[0], "--labels", "a", "--template", "x", "--model", path).output
+        "exactly one '{}'"
+        in _run("classify", good[0], "--labels", "a", "--template", "x", "--model", path).output
     )
     vision = tmp_path / "vision.safetensors"
     save(randomize(VisionTransformer(tiny_vision_config())), vision)

@@ -52,7 +52,7 @@ def test_zeroshot_cli_writes_the_library_numbers(checkpoint, folder, templates, 
         templates,
         "--batch-size",
         3,
-        "--json",
+        "--out",
         out,
     )
     assert r.exit_code == 0, r.output
@@ -64,15 +64,13 @@ def test_zeroshot_cli_writes_the_library_numbers(checkpoint, folder, templates, 
     assert data["metrics"]["top5"] is not None
     # the table goes to stdout, the skipped files are named
     assert "top1" in r.stdout and "mean_per_class_recall" in r.stdout
-    assert "broken.png" in r.stdout and "empty.jpg" in r.stdout
+    assert "broken.png" in r.stderr and "empty.jpg" in r.stderr
 
 
 def test_json_to_stdout_and_classnames_file(checkpoint, folder, templates, tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("\n".join(f"a {c} disc" for c in ["blue", "green", "purple", "red", "yellow"]) + "\n")
-    r = run(
-        "zeroshot", folder, "-c", checkpoint, "--templates", templates, "--classnames", names, "--json", "-"
-    )
+    r = run("zeroshot", folder, "-c", checkpoint, "--templates", templates, "--classnames", names, "--json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)  # stdout holds only the JSON
     assert data["num_classes"] == 5
@@ -99,9 +97,7 @@ def test_retrieval_cli(checkpoint, folder, tmp_path):
     (tmp_path / "red_thing").symlink_to(folder / "red_thing")  # paths are relative to the CSV
     for d in ("green_thing", "blue_thing", "yellow_thing", "purple_thing"):
         (tmp_path / d).symlink_to(folder / d)
-    r = run(
-        "retrieval", csv_file, "-c", checkpoint, "--caption-sep", ";", "--recall-at", "1,2,50", "--json", "-"
-    )
+    r = run("retrieval", csv_file, "-c", checkpoint, "--caption-sep", ";", "--recall-at", "1,2,50", "--json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["num_captions"] == 20 and data["num_skipped"] == 1  # broken.png has an image name
@@ -116,7 +112,7 @@ def test_retrieval_cli(checkpoint, folder, tmp_path):
 
 def test_knn_and_linear_probe_cli(checkpoint, tmp_path):
     root = make_split(tmp_path / "split", ["red", "green", "blue"], train=3, test=2)
-    r = run("knn", root, "-c", checkpoint, "--k", 3, "--layer", 0, "--json", "-")
+    r = run("knn", root, "-c", checkpoint, "--k", 3, "--layer", 0, "--json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["task"] == "knn" and data["k"] == 3 and data["features"] == "mean of block 0"
@@ -135,7 +131,6 @@ def test_knn_and_linear_probe_cli(checkpoint, tmp_path):
         "--C",
         2,
         "--json",
-        "-",
     )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
@@ -159,17 +154,16 @@ def test_video_cli(checkpoint, templates, tmp_path):
         checkpoint,
         "--templates",
         templates,
-        "--num-frames",
+        "--frames",
         3,
         "--json",
-        "-",
     )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["task"] == "video_zeroshot" and data["num_evaluated"] == 2 and data["num_frames"] == 3
     csv_file = tmp_path / "videos.csv"
     csv_file.write_text("path,caption\nv/red/a.mp4,a red square\nv/blue/a.mp4,a blue square\n")
-    r = run("video-retrieval", csv_file, "-c", checkpoint, "--num-frames", 3, "--json", "-")
+    r = run("video-retrieval", csv_file, "-c", checkpoint, "--frames", 3, "--json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["metrics"]["video_to_text_recall@1"] is not None
@@ -177,13 +171,13 @@ def test_video_cli(checkpoint, templates, tmp_path):
 
 
 def test_default_model_and_load_errors(checkpoint, folder, templates, monkeypatch):
-    from perception_encoder.cli import common
+    from perception_encoder.cli import options as common
 
     monkeypatch.setattr(common, "default_model", lambda: "PE-Core-B16-224")  # no weights offline
     r = run("zeroshot", folder, "--templates", templates)
     assert r.exit_code == 1 and "cannot load model 'PE-Core-B16-224'" in r.output
     monkeypatch.setattr(common, "default_model", lambda: str(checkpoint))
-    r = run("zeroshot", folder, "--templates", templates, "--json", "-")
+    r = run("zeroshot", folder, "--templates", templates, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["model"] == str(checkpoint)
     r = run("zeroshot", folder, "--model", "PE-Core-Nope")
@@ -193,6 +187,6 @@ def test_default_model_and_load_errors(checkpoint, folder, templates, monkeypatc
 def test_nothing_readable_fails_after_writing_the_report(checkpoint, templates, tmp_path):
     write_bad_files(tmp_path / "ds" / "cat")
     out = tmp_path / "r.json"
-    r = run("zeroshot", tmp_path / "ds", "-c", checkpoint, "--templates", templates, "--json", out)
+    r = run("zeroshot", tmp_path / "ds", "-c", checkpoint, "--templates", templates, "--out", out)
     assert r.exit_code == 1 and "nothing was evaluated" in r.output
     assert json.loads(out.read_text())["num_skipped"] == 2

@@ -265,7 +265,7 @@ def test_too_little_data_is_a_clear_error(tmp_path):
 
 
 def test_fine_tune_from_a_saved_checkpoint(tmp_path):
-    from perception_encoder.weights.io import save_safetensors
+    from perception_encoder.weights.files import save_safetensors
 
     model = CLIP(tiny_clip_config())
     path = save_safetensors(model, tmp_path / "start.safetensors")

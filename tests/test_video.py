@@ -14,6 +14,7 @@ av = pytest.importorskip("av")
 
 from conftest import randomize, tiny_clip_config, tiny_vision_config  # noqa: E402
 from perception_encoder import video as V  # noqa: E402
+from perception_encoder.embedding import embed_video_file  # noqa: E402
 from perception_encoder.errors import VideoLoadError  # noqa: E402
 
 RATE = 10
@@ -70,12 +71,45 @@ def test_sample_frame_indices_reference_rule():
     assert V.sample_frame_indices(30, 8) == [0, 4, 8, 12, 16, 20, 24, 29]
     assert V.sample_frame_indices(100, 2) == [0, 99]
     assert V.sample_frame_indices(9, 1) == [4]
-    # fewer frames than asked: repeats, still N indices, first and last included
-    assert V.sample_frame_indices(3, 8) == [0, 0, 0, 0, 1, 1, 1, 2]
-    assert V.sample_frame_indices(1, 4) == [0, 0, 0, 0]
-    for bad in [(0, 8), (10, 0), (-1, 2)]:
+    # fewer frames than asked: each frame once, never invented by repeating another
+    assert V.sample_frame_indices(3, 8) == [0, 1, 2]
+    assert V.sample_frame_indices(1, 4) == [0]
+    assert V.sample_frame_indices(20, 1_000_000) == list(range(20))
+    # training asks for the reference rule's repeats (clips of one size)
+    assert V.sample_frame_indices(3, 8, repeat=True) == [0, 0, 0, 0, 1, 1, 1, 2]
+    assert V.sample_frame_indices(1, 4, repeat=True) == [0, 0, 0, 0]
+    for bad in [(0, 8), (10, 0), (-1, 2), (True, 2)]:
         with pytest.raises(ValueError):
             V.sample_frame_indices(*bad)
+
+
+def test_frames_are_bounded_and_never_invented(videos):
+    # 30-frame clip, 1,000,000 frames asked: refused with the bound; 200 asked: the 30 frames, once each
+    with pytest.raises(ValueError, match=f"from 1 to {V.MAX_FRAMES}"):
+        V.load_video(videos["mp4"], 1_000_000)
+    assert frame_ids(V.load_video(videos["mp4"], 200)) == list(range(30))
+    assert frame_ids(V.load_video(videos["mp4"], 40, repeat=True))[:3] == [0, 0, 1]
+    with pytest.raises(ValueError, match="max_frames"):
+        V.load_video(videos["mp4"], fps=1.0, max_frames=10**6)
+
+
+def test_every_frame_mode_refuses_more_than_the_bound(videos, monkeypatch):
+    monkeypatch.setattr(V, "MAX_FRAMES", 12)
+    with pytest.raises(VideoLoadError, match="more than 12 frames.*iter_video_chunks"):
+        V.load_video(videos["mp4"], None)
+    assert len(V.load_video(videos["mp4"], None, max_frames=12)) == 12
+
+
+def test_a_fifo_or_a_device_is_not_opened_as_a_video(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)  # PyAV would block on it forever
+    zero = tmp_path / "zero.mp4"
+    zero.symlink_to("/dev/zero")
+    for path in (fifo, zero):
+        with pytest.raises(VideoLoadError, match="not a regular file"):
+            V.load_video(path, 4)
 
 
 def test_is_video_file():
@@ -201,7 +235,7 @@ def clip_model():
 
 
 def test_embed_video_file_whole_video(videos, clip_model):
-    out = V.embed_video_file(clip_model, videos["mp4"], _tf, num_frames=4, batch_size=3)
+    out = embed_video_file(clip_model, videos["mp4"], _tf, num_frames=4, batch_size=3)
     frames = V.load_video(videos["mp4"], 4)
     pixels = torch.stack([_tf(Image.fromarray(f.numpy())) for f in frames])
     with torch.no_grad():
@@ -214,13 +248,13 @@ def test_embed_video_file_whole_video(videos, clip_model):
     assert out["frame_times"] == pytest.approx([0.0, 0.9, 1.9, 2.9])
     assert out["segments"][0]["end"] == pytest.approx(3.0)
     # raw mode: plain mean of unnormalised embeddings
-    raw = V.embed_video_file(clip_model.visual, videos["mp4"], _tf, num_frames=4, normalize=False)
+    raw = embed_video_file(clip_model.visual, videos["mp4"], _tf, num_frames=4, normalize=False)
     with torch.no_grad():
         torch.testing.assert_close(raw["embedding"], clip_model.visual(pixels).mean(0), atol=1e-5, rtol=1e-5)
 
 
 def test_embed_video_file_chunks(videos, clip_model):
-    out = V.embed_video_file(clip_model, videos["mkv"], _tf, num_frames=2, chunk_seconds=1.5)
+    out = embed_video_file(clip_model, videos["mkv"], _tf, num_frames=2, chunk_seconds=1.5)
     assert [(s["start"], s["num_frames"]) for s in out["segments"]] == [(0.0, 2), (1.5, 2)]
     assert out["frame_embeddings"].shape == (4, 16)
     seg_means = torch.stack([s["embedding"] for s in out["segments"]])
@@ -238,7 +272,7 @@ def test_embed_video_needs_pooled_model(videos):
         VisionTransformer(tiny_vision_config(pool_type="none", output_dim=None, use_ln_post=False))
     )
     with pytest.raises(TypeError, match="patch_features"):
-        V.embed_video_file(tower, videos["mp4"], _tf)
+        embed_video_file(tower, videos["mp4"], _tf)
 
 
 # --- datasets ------------------------------------------------------------------------------------------

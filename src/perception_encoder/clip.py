@@ -15,6 +15,15 @@ from .text import TextTransformer, check_token_ids, trim_after_last_eot
 from .vision import VisionTransformer
 
 
+def pool_frames(frame_embeddings: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """The one rule turning frame embeddings ``(B, N, D)`` into video embeddings ``(B, D)``: their mean,
+    each frame normalised first when ``normalize`` (the reference's ``encode_video``); the mean itself is
+    not renormalised (callers that want unit vectors normalise it, as ``pe embed --normalize`` does)."""
+    if normalize:
+        frame_embeddings = F.normalize(frame_embeddings, dim=-1)
+    return frame_embeddings.mean(dim=1)
+
+
 class CLIP(nn.Module):
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
@@ -33,16 +42,13 @@ class CLIP(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_video(self, frames: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Videos ``(B, N, 3, H, W)`` -> ``(B, embed_dim)``: the mean of the N frame embeddings.
-
-        With ``normalize=True`` each frame embedding is normalised before the mean (as the reference's
-        ``encode_video``), and the mean is not renormalised.
-        """
+        """Videos ``(B, N, 3, H, W)`` -> ``(B, embed_dim)``: ``pool_frames`` of the N frame embeddings (each
+        normalised before the mean with ``normalize=True``, as the reference's ``encode_video``; the mean
+        is not renormalised)."""
         if frames.ndim != 5:
             raise ValueError(f"frames must have shape (B, N, 3, H, W), got {tuple(frames.shape)}")
         b, n = frames.shape[:2]
-        feats = self.encode_image(frames.flatten(0, 1), normalize=normalize)
-        return feats.view(b, n, -1).mean(dim=1)
+        return pool_frames(self.encode_image(frames.flatten(0, 1)).reshape(b, n, -1), normalize)
 
     def encode_text(self, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Token ids ``(B, L)`` (from ``perception_encoder.tokenizer``) -> embeddings ``(B, embed_dim)``.

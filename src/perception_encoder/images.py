@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageLoadError
+from .input_files import MAX_IMAGE_FILE_BYTES, find_files, read_bytes
 
 #: File name endings (lower case) treated as images when a folder is expanded.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -78,8 +79,9 @@ def load_image(source: ImageSource, exif_transpose: bool = False) -> Image.Image
         A ``PIL.Image.Image`` (for multi-frame files, the first frame).
 
     Raises:
-        ImageLoadError: the file is missing, a directory, empty, not an image, or truncated/corrupt; the
-            message names the file and the reason.
+        ImageLoadError: the file is missing, not a regular file (a folder, a FIFO, a device: never
+            opened), larger than ``input_files.MAX_IMAGE_FILE_BYTES``, empty, not an image, or
+            truncated/corrupt; the message names the file and the reason.
         TypeError: ``source`` is none of the accepted types.
     """
     if isinstance(source, Image.Image):
@@ -94,18 +96,9 @@ def load_image(source: ImageSource, exif_transpose: bool = False) -> Image.Image
     elif isinstance(source, (bytes, bytearray, memoryview)):
         img = _decode(bytes(source), f"<{len(source)} bytes>")
     elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        name = str(path)
-        if not path.exists():
-            raise ImageLoadError(f"cannot read image {name}: no such file")
-        if path.is_dir():
-            raise ImageLoadError(f"cannot read image {name}: it is a directory, not a file")
-        try:
-            # read the bytes once: no file handle stays open (multi-frame formats keep one otherwise)
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ImageLoadError(f"cannot read image {name}: {exc.strerror or exc}") from exc
-        img = _decode(data, name)
+        # regular files only, read once and whole (no handle stays open, as multi-frame formats keep one)
+        data = read_bytes(source, MAX_IMAGE_FILE_BYTES, "image", ImageLoadError)
+        img = _decode(data, str(Path(source)))
     else:
         raise TypeError(f"load_image expects a path, bytes or a PIL image, got {type(source).__name__}")
     if exif_transpose:
@@ -146,24 +139,8 @@ def iter_image_files(
         if not path.exists():
             raise FileNotFoundError(f"no such file or folder: {path}")
         if path.is_dir():
-            for p in _folder_images(path, recursive):
+            for p in find_files(path, IMAGE_EXTENSIONS, recursive=recursive):
                 add(p)
         else:
             add(path)
     return out
-
-
-def _folder_images(root: Path, recursive: bool) -> list[Path]:
-    found: list[Path] = []
-    visited: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in visited:  # a symlink loop or a folder reached twice
-            dirnames[:] = []
-            continue
-        visited.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath) / name)
-    return sorted(found, key=lambda p: p.parts)

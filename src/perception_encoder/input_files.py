@@ -1,4 +1,5 @@
-"""Reading input files defensively: regular files only, with a size limit, and JSON with a nesting limit.
+"""Reading input files defensively: regular files only, with a size limit; JSON with a nesting limit;
+folders walked without stopping at an unreadable sub-folder.
 
 A name on the command line can point anywhere: a FIFO (reading blocks forever), ``/dev/zero`` (reading
 never ends), a folder, a file larger than memory. Every file the library reads whole goes through
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +81,38 @@ def parse_json(text: str | bytes, what: str, error: type = ValueError) -> Any:
         raise error(f"{what}: the JSON is nested too deeply") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{what}: not valid JSON ({e})") from e
+
+
+def find_files(
+    root: str | os.PathLike,
+    extensions: Iterable[str],
+    *,
+    recursive: bool = True,
+    problems: list[tuple[str, str]] | None = None,
+) -> list[Path]:
+    """Files under folder ``root`` whose extension (lower case, with the dot) is in ``extensions``.
+
+    Hidden files and folders (names starting with ``.``) are skipped; symlinked folders are followed once
+    (loops are cut). Sorted by path components, so the order is the same on every machine. A sub-folder
+    that cannot be listed (no permission, a path over the OS limit) is appended to ``problems`` as
+    ``(path, reason)`` when a list is given, and left out either way: the walk never stops on one.
+    """
+    wanted = {e.lower() for e in extensions}
+    found: list[Path] = []
+    visited: set[str] = set()
+
+    def unreadable(e: OSError) -> None:
+        if problems is not None:
+            problems.append((str(e.filename or root), f"cannot list the folder: {e.strerror or e}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:  # a symlink loop or a folder reached twice
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+        for name in filenames:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in wanted:
+                found.append(Path(dirpath) / name)
+    return sorted(found, key=lambda p: p.parts)

@@ -8,7 +8,9 @@ order and with the same float32 arithmetic, so the tensors are bit-identical.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -56,18 +58,55 @@ def pil_to_unit_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
 
 
+#: Pillow modes of more than 8 bits per pixel: 16- and 32-bit integers, 32-bit floats.
+HIGH_BIT_DEPTH_MODES: frozenset[str] = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+HighBitDepth = Literal["clip", "scale"]
+
+
+class HighBitDepthWarning(UserWarning):
+    """A 16-bit or float image converted as the reference does: values above 255 saturate."""
+
+
+def to_rgb(img: Image.Image, high_bit_depth: HighBitDepth = "clip") -> Image.Image:
+    """A PIL image of any mode -> RGB (Pillow's conversion: grey is repeated, alpha is dropped, palettes
+    are expanded).
+
+    16-bit and float images (``HIGH_BIT_DEPTH_MODES``): with ``"clip"`` (the reference's behaviour, the
+    default) Pillow clips every value to 0-255, so most 16-bit pixels become white and [0, 1] floats black;
+    a ``HighBitDepthWarning`` says so. ``"scale"`` maps the full range to 0-255 instead: integers from
+    0-65535 (16 bits), floats from [0, 1].
+    """
+    if high_bit_depth not in ("clip", "scale"):
+        raise ValueError(f"high_bit_depth must be 'clip' or 'scale', got {high_bit_depth!r}")
+    if img.mode in HIGH_BIT_DEPTH_MODES:
+        if high_bit_depth == "scale":
+            values = np.asarray(img, dtype=np.float64) * (255.0 if img.mode == "F" else 255.0 / 65535.0)
+            return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L").convert("RGB")
+        warnings.warn(
+            HighBitDepthWarning(
+                f"16-bit or float images (mode {img.mode}) are converted to 8 bits as the reference does, "
+                "clipping values above 255 (white) and below 0; high_bit_depth='scale' "
+                "(pe: --high-bit-depth scale) maps 0-65535 or [0, 1] to 0-255 instead"
+            ),
+            stacklevel=2,
+        )
+    return img.convert("RGB")
+
+
 def to_normalized_tensor(
-    img: Image.Image, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD
+    img: Image.Image,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+    high_bit_depth: HighBitDepth = "clip",
 ) -> torch.Tensor:
     """A PIL image of any mode -> normalised float32 tensor (3, H, W), with no resizing.
 
-    Converts to RGB (Pillow's conversion: grey is repeated, alpha is dropped, palettes are expanded),
-    scales to [0, 1] and normalises with ``mean`` and ``std`` -- the last three steps of the reference
-    transform, for callers (such as tiling) that resize themselves.
+    Converts to RGB (``to_rgb``), scales to [0, 1] and normalises with ``mean`` and ``std`` -- the last
+    three steps of the reference transform, for callers (such as tiling) that resize themselves.
     """
     if not isinstance(img, Image.Image):
         raise TypeError(f"to_normalized_tensor expects a PIL image, got {type(img).__name__}")
-    return normalize_tensor(pil_to_unit_tensor(img.convert("RGB")), mean, std)
+    return normalize_tensor(pil_to_unit_tensor(to_rgb(img, high_bit_depth)), mean, std)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,6 +226,8 @@ class ImageTransform:
         mean, std: per-channel normalisation (PE uses 0.5 and 0.5).
         interpolation: "bilinear" (the reference), "bicubic", "nearest", "lanczos", "box" or "hamming"
             (the last three for PIL inputs only).
+        high_bit_depth: how 16-bit and float images become 8-bit RGB: "clip" (the reference, with a
+            ``HighBitDepthWarning``) or "scale" (see ``to_rgb``).
     """
 
     def __init__(
@@ -196,6 +237,7 @@ class ImageTransform:
         mean: Sequence[float] = DEFAULT_MEAN,
         std: Sequence[float] = DEFAULT_STD,
         interpolation: str = "bilinear",
+        high_bit_depth: HighBitDepth = "clip",
     ) -> None:
         self.image_size = _parse_size(image_size)
         self.center_crop = bool(center_crop)
@@ -205,11 +247,15 @@ class ImageTransform:
         if interpolation not in _PIL_RESAMPLING:
             raise ValueError(f"interpolation must be one of {sorted(_PIL_RESAMPLING)}, got {interpolation!r}")
         self.interpolation = interpolation
+        if high_bit_depth not in ("clip", "scale"):
+            raise ValueError(f"high_bit_depth must be 'clip' or 'scale', got {high_bit_depth!r}")
+        self.high_bit_depth = high_bit_depth
 
     def __repr__(self) -> str:
         return (
             f"ImageTransform(image_size={self.image_size}, center_crop={self.center_crop}, "
-            f"mean={self.mean}, std={self.std}, interpolation={self.interpolation!r})"
+            f"mean={self.mean}, std={self.std}, interpolation={self.interpolation!r}, "
+            f"high_bit_depth={self.high_bit_depth!r})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -258,7 +304,7 @@ class ImageTransform:
 
     def transform_pil(self, image: Image.Image) -> torch.Tensor:
         """PIL image (any mode) -> float32 (3, H, W), the reference steps."""
-        return to_normalized_tensor(self.resize_pil(image), self.mean, self.std)
+        return to_normalized_tensor(self.resize_pil(image), self.mean, self.std, self.high_bit_depth)
 
     def transform_float_tensor(self, image: torch.Tensor) -> torch.Tensor:
         """Float tensor (C, H, W) in [0, 1] -> float32 (3, H, W), resized with torch (see the class doc)."""
@@ -300,7 +346,7 @@ class ImageTransform:
 def image_transform(image_size: int | tuple[int, int], center_crop: bool = False, **kwargs) -> ImageTransform:
     """The reference preprocessing for a model's input size: ``S`` or ``(height, width)``.
 
-    ``kwargs`` go to :class:`ImageTransform` (``mean``, ``std``, ``interpolation``). The default (squash,
+    ``kwargs`` go to :class:`ImageTransform` (``mean``, ``std``, ``interpolation``, ``high_bit_depth``). The default (squash,
     bilinear, mean = std = 0.5) is what PE models were trained and evaluated with.
     """
     return ImageTransform(image_size, center_crop=center_crop, **kwargs)

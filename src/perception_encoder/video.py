@@ -1,13 +1,14 @@
-"""Video from files: frame sampling, streaming decode, chunks of long videos, and video embeddings.
+"""Video files: frame sampling, streaming decode, chunks of long videos, and many videos in DataLoader
+workers. (Turning frames into embeddings is ``embedding.video``'s job.)
 
 Decoding uses PyAV (the optional extra ``video``: ``pip install perception-encoder[video]``), imported only
 when a video is actually read. Frames are decoded one at a time and only the chosen ones are kept, so a
 long video never sits in memory whole.
 
-Conventions (SPEC §5, §10): ``N`` frames at indices ``int(i * (T - 1) / (N - 1))``; each frame goes
-through the image transform; a video embedding is the mean of the frame embeddings, each frame embedding
-L2-normalised first (the retrieval convention, as ``CLIP.encode_video(normalize=True)``) and the mean
-**not** renormalised.
+Conventions (SPEC §5): ``N`` frames at indices ``int(i * (T - 1) / (N - 1))``. A video shorter than ``N``
+frames gives each of its frames once: frames are never invented by repeating others (training, which
+needs clips of one size, asks for the repeats with ``repeat=True``). At most ``MAX_FRAMES`` frames are
+taken from one video in one piece; longer spans go through ``iter_video_chunks``.
 
 Frames come out as ``torch.uint8`` tensors ``(N, H, W, 3)`` (RGB), the layout decoders produce.
 """
@@ -23,10 +24,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .errors import VideoLoadError
+from .input_files import file_problem
+from .limits import MAX_FRAMES
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset(
     {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp", ".ogv"}
@@ -54,22 +56,31 @@ def _import_av():
 # --- which frames -------------------------------------------------------------------------------------
 
 
-def sample_frame_indices(total_frames: int, num_frames: int = 8) -> list[int]:
-    """``num_frames`` frame indices spread uniformly over ``total_frames``: ``int(i * (T - 1) / (N - 1))``.
+def check_num_frames(num_frames: int, what: str = "num_frames") -> int:
+    """``num_frames`` after checking it is an int from 1 to ``MAX_FRAMES``."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= MAX_FRAMES:
+        raise ValueError(f"{what} must be an integer from 1 to {MAX_FRAMES}, got {num_frames!r}")
+    return num_frames
+
+
+def sample_frame_indices(total_frames: int, num_frames: int = 8, *, repeat: bool = False) -> list[int]:
+    """Up to ``num_frames`` frame indices spread uniformly over ``total_frames``: ``int(i * (T - 1) / (N - 1))``.
 
     The first and last frames are always included (the reference's rule). Edge cases:
 
     - ``num_frames == 1``: the middle frame ``(T - 1) // 2`` (the rule divides by zero there).
-    - ``total_frames < num_frames``: the rule repeats frames, and so does this function, so every video
-      gives exactly ``num_frames`` frames (fixed-size batches, as the reference).
+    - ``total_frames < num_frames``: every frame once (``min(T, N)`` indices), since the rule would repeat
+      frames. With ``repeat=True`` the rule is applied as is and repeats them, so every video gives
+      exactly ``num_frames`` frames (fixed-size training batches).
     """
-    if not isinstance(total_frames, int) or total_frames < 1:
+    if isinstance(total_frames, bool) or not isinstance(total_frames, int) or total_frames < 1:
         raise ValueError(f"total_frames must be a positive int, got {total_frames!r}")
-    if not isinstance(num_frames, int) or num_frames < 1:
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
         raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
-    if num_frames == 1:
+    n = num_frames if repeat else min(num_frames, total_frames)
+    if n == 1:
         return [(total_frames - 1) // 2]
-    return [int(i * (total_frames - 1) / (num_frames - 1)) for i in range(num_frames)]
+    return [int(i * (total_frames - 1) / (n - 1)) for i in range(n)]
 
 
 class _RateSampler:
@@ -97,10 +108,11 @@ class _RateSampler:
 
 def _check_file(path: PathLike) -> Path:
     p = Path(path)
-    if not p.exists():
+    problem = file_problem(p)
+    if problem == "no such file":
         raise VideoLoadError(f"video file not found: {str(p)!r}")
-    if p.is_dir():
-        raise VideoLoadError(f"{str(p)!r} is a directory, not a video file")
+    if problem is not None:  # a FIFO or a device would block the decoder or never end
+        raise VideoLoadError(f"cannot read video {str(p)!r}: {problem}")
     if p.stat().st_size == 0:
         raise VideoLoadError(f"video file {str(p)!r} is empty (0 bytes)")
     return p
@@ -194,53 +206,77 @@ def _decode_indices(path: PathLike, indices: Sequence[int]) -> tuple[list[np.nda
     return [kept[i] for i in indices if i in kept], n
 
 
+class VideoInfo(NamedTuple):
+    """What a video's header says: its frame count (counted by demuxing when the header has none) and
+    its average frame rate (``None`` when unknown)."""
+
+    frames: int
+    fps: float | None
+
+
+def video_info(path: PathLike) -> VideoInfo:
+    """The frame count and frame rate of a video file, without decoding it."""
+    with _Opened(path) as v:
+        return VideoInfo(v.metadata_frames or v.packet_count(), v.rate)
+
+
+def load_frames(path: PathLike, pick: Callable[[int], Sequence[int]]) -> torch.Tensor:
+    """The frames ``pick(T)`` chooses among a video's ``T`` frames (presentation order, repeats allowed)
+    -> uint8 ``(n, H, W, 3)``, decoding only up to the last one.
+
+    ``T`` comes from the container header, or from a demux-only count when the header has none. A header
+    can over-count; when fewer frames decode than ``pick`` asked for, ``pick`` chooses again among the
+    frames that really decode."""
+    total = video_info(path).frames
+    if total == 0:
+        raise VideoLoadError(f"video {str(path)!r} has no frames")
+    indices = list(pick(total))
+    if len(indices) > MAX_FRAMES:
+        raise ValueError(f"at most {MAX_FRAMES} frames are taken from a video at once, got {len(indices)}")
+    frames, decoded = _decode_indices(path, indices)
+    if len(frames) < len(indices):
+        if decoded == 0:
+            raise VideoLoadError(f"video {str(path)!r} has no decodable frames")
+        indices = list(pick(decoded))
+        frames, _ = _decode_indices(path, indices)
+    return _stack(Path(path), frames)
+
+
 def load_video(
     path: PathLike,
     num_frames: int | None = 8,
     *,
     fps: float | None = None,
     max_frames: int | None = None,
+    repeat: bool = False,
 ) -> torch.Tensor:
     """Decode chosen frames of a video file -> ``torch.uint8`` ``(N, H, W, 3)`` RGB.
 
     Modes:
 
-    - ``num_frames=N`` (default 8): ``N`` frames uniformly spread, ``sample_frame_indices(T, N)`` (SPEC §5).
+    - ``num_frames=N`` (default 8): ``sample_frame_indices(T, N, repeat=repeat)`` (SPEC §5): ``N`` frames
+      uniformly spread, or each frame once for a video of fewer than ``N`` frames (unless ``repeat``).
       ``T`` comes from the container header, or from a demux-only counting pass when the header has none.
     - ``fps=r``: the frames shown at times ``0, 1/r, 2/r, ...`` seconds (``num_frames`` is then ignored).
     - ``num_frames=None`` and no ``fps``: every frame.
 
     ``max_frames`` caps the count in every mode (the first ``max_frames`` of the chosen frames, or
-    ``min(num_frames, max_frames)`` uniformly spread frames).
+    ``min(num_frames, max_frames)`` uniformly spread frames). No mode returns more than ``MAX_FRAMES``
+    frames: asking for more is a ``ValueError``, and a video that would give more in the every-frame or
+    ``fps`` mode without ``max_frames`` raises ``VideoLoadError`` (read it with ``iter_video_chunks``).
 
-    Raises ``VideoLoadError`` naming the file when it is missing, empty, not a video, or has no frames.
+    Raises ``VideoLoadError`` naming the file when it is missing, not a regular file, empty, not a video,
+    or has no frames.
     """
     if fps is not None and not fps > 0:
         raise ValueError(f"fps must be positive, got {fps!r}")
-    if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
-        raise ValueError(f"max_frames must be a positive int, got {max_frames!r}")
+    if max_frames is not None:
+        check_num_frames(max_frames, "max_frames")
     if fps is None and num_frames is not None:
-        if not isinstance(num_frames, int) or num_frames < 1:
-            raise ValueError(f"num_frames must be a positive int or None, got {num_frames!r}")
+        check_num_frames(num_frames)
         n = min(num_frames, max_frames) if max_frames else num_frames
-        return _load_uniform(path, n)
+        return load_frames(path, lambda total: sample_frame_indices(total, n, repeat=repeat))
     return _load_stream(path, fps=fps, max_frames=max_frames)
-
-
-def _load_uniform(path: PathLike, num_frames: int) -> torch.Tensor:
-    with _Opened(path) as v:
-        total = v.metadata_frames or v.packet_count()
-    if total == 0:
-        raise VideoLoadError(f"video {str(path)!r} has no frames")
-    indices = sample_frame_indices(total, num_frames)
-    frames, decoded = _decode_indices(path, indices)
-    if len(frames) < len(indices):
-        # the header over-counted: sample again over the frames that really decode
-        if decoded == 0:
-            raise VideoLoadError(f"video {str(path)!r} has no decodable frames")
-        indices = sample_frame_indices(decoded, num_frames)
-        frames, _ = _decode_indices(path, indices)
-    return _stack(Path(path), frames)
 
 
 def _load_stream(path: PathLike, *, fps: float | None, max_frames: int | None) -> torch.Tensor:
@@ -255,6 +291,11 @@ def _load_stream(path: PathLike, *, fps: float | None, max_frames: int | None) -
             t0 = t if t0 is None else t0
             if sampler is not None and not sampler.take(t - t0):
                 continue
+            if max_frames is None and len(kept) == MAX_FRAMES:
+                raise VideoLoadError(
+                    f"video {str(path)!r} gives more than {MAX_FRAMES} frames in this mode; pass max_frames, "
+                    "a lower fps, or read it in spans with iter_video_chunks"
+                )
             kept.append(_to_rgb(frame))
             if max_frames is not None and len(kept) >= max_frames:
                 break
@@ -359,7 +400,7 @@ def iter_video_chunks(
             sampler = _RateSampler(fps)
             local = [j for j, t in enumerate(span) if sampler.take(t - start)]
         else:
-            local = sorted(set(sample_frame_indices(len(span), frames_per_chunk)))
+            local = sample_frame_indices(len(span), frames_per_chunk)
         plans.append((start, end, [first + j for j in local]))
         first = stop
 
@@ -382,25 +423,10 @@ def iter_video_chunks(
                 )
 
 
-# --- embedding ----------------------------------------------------------------------------------------
+# --- frames for a model ------------------------------------------------------------------------------
 
 
-def _encoder(model) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.device, torch.dtype]:
-    """``pixels (B, 3, H, W) -> (B, D)`` for a CLIP model or a pooled vision tower."""
-    if hasattr(model, "encode_image"):
-        fn = model.encode_image
-    elif callable(model) and getattr(getattr(model, "config", None), "pool_type", "attn") != "none":
-        fn = model
-    else:
-        raise TypeError(
-            "video embeddings need a pooled model (PE-Core CLIP or its .visual); this tower returns "
-            "token maps (PE-Lang / PE-Spatial): use perception_encoder.dense.patch_features instead"
-        )
-    p = next(model.parameters())
-    return fn, p.device, p.dtype
-
-
-def _frames_to_pixels(frames: torch.Tensor, transform: Callable) -> torch.Tensor:
+def frames_to_pixels(frames: torch.Tensor, transform: Callable) -> torch.Tensor:
     """uint8 ``(N, H, W, 3)`` -> ``(N, 3, S, S)`` through the image transform (on PIL images, as the
     reference demo feeds frames)."""
     from PIL import Image
@@ -408,82 +434,12 @@ def _frames_to_pixels(frames: torch.Tensor, transform: Callable) -> torch.Tensor
     return torch.stack([transform(Image.fromarray(f.numpy())) for f in frames])
 
 
-@torch.no_grad()
-def _embed_frames(encode, device, dtype, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
-    out = [
-        encode(pixels[i : i + batch_size].to(device=device, dtype=dtype)).float().cpu()
-        for i in range(0, len(pixels), batch_size)
-    ]
-    return torch.cat(out)
-
-
-def embed_video_file(
-    model,
-    path: PathLike,
-    transform: Callable,
-    num_frames: int = 8,
-    *,
-    fps: float | None = None,
-    chunk_seconds: float | None = None,
-    batch_size: int = 32,
-    normalize: bool = True,
-) -> dict[str, Any]:
-    """Embed a video file with a PE-Core model (``CLIP`` or its pooled ``.visual``).
-
-    Frames: ``num_frames`` uniformly spread (default 8, SPEC §5) or ``fps`` frames per second. With
-    ``chunk_seconds`` the video is read in spans (``iter_video_chunks``, ``num_frames`` per span or
-    ``fps``) and each span gets its own embedding, for long videos.
-
-    ``normalize=True`` (default, SPEC §10): each frame embedding is L2-normalised and the video (and each
-    segment) embedding is their mean, not renormalised. ``normalize=False``: raw frame embeddings, plain
-    mean. Returns a dict:
-
-    - ``"embedding"``: ``(D,)`` the whole video (mean over every sampled frame);
-    - ``"frame_embeddings"``: ``(N, D)``; ``"frame_times"``: list of N seconds;
-    - ``"segments"``: list of ``{"start", "end", "embedding" (D,), "num_frames"}`` (one span covering the
-      whole video when ``chunk_seconds`` is None).
-    """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    encode, device, dtype = _encoder(model)
-
-    def embed(frames: torch.Tensor) -> torch.Tensor:
-        e = _embed_frames(encode, device, dtype, _frames_to_pixels(frames, transform), batch_size)
-        return F.normalize(e, dim=-1) if normalize else e
-
-    segments: list[dict[str, Any]] = []
-    all_embs: list[torch.Tensor] = []
-    all_times: list[float] = []
-    if chunk_seconds is None:
-        frames = load_video(path, num_frames, fps=fps)
-        emb = embed(frames)
-        times, duration = _approx_times(path, len(frames), fps, num_frames)
-        segments.append({"start": 0.0, "end": duration, "embedding": emb.mean(0), "num_frames": len(emb)})
-        all_embs.append(emb)
-        all_times.extend(times)
-    else:
-        for seg in iter_video_chunks(path, chunk_seconds, num_frames, fps=fps):
-            emb = embed(seg.frames)
-            segments.append(
-                {"start": seg.start, "end": seg.end, "embedding": emb.mean(0), "num_frames": len(emb)}
-            )
-            all_embs.append(emb)
-            all_times.extend(seg.frame_times)
-    frame_embs = torch.cat(all_embs)
-    return {
-        "path": str(path),
-        "embedding": frame_embs.mean(0),
-        "frame_embeddings": frame_embs,
-        "frame_times": all_times,
-        "segments": segments,
-        "normalized_frames": normalize,
-    }
-
-
-def _approx_times(
+def approx_frame_times(
     path: PathLike, n: int, fps: float | None, num_frames: int | None
 ) -> tuple[list[float], float]:
-    """Frame times for a whole-video load, from the header (frame rate and count): no extra decoding."""
+    """Times (seconds) of the ``n`` frames ``load_video(path, num_frames, fps=fps)`` gave, and the video's
+    duration, from the header (frame rate and count): no extra decoding. ``nan`` where the header does not
+    tell."""
     with _Opened(path) as v:
         rate = v.rate
         total = v.metadata_frames
@@ -553,7 +509,7 @@ class VideoDataset(Dataset):
         path = self.paths[index]
         try:
             frames = load_video(path, self.num_frames, fps=self.fps, max_frames=self.max_frames)
-            return _frames_to_pixels(frames, self.transform), index
+            return frames_to_pixels(frames, self.transform), index
         except Exception as e:  # any failure of one file must not end the run
             return VideoFailure(index, path, f"{type(e).__name__}: {e}")
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .finite import check_finite
+
 # A compact set of prompt templates (a subset of the 80 ImageNet ones) used when none are given.
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
@@ -25,8 +27,19 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 )
 
 
+def check_template(template: str) -> str:
+    """``template`` after checking it holds exactly one ``{}`` (where the class name goes) and no other
+    brace, which ``str.format`` would read as a field; else ``ValueError`` naming it."""
+    rest = template.replace("{}", "")
+    if template.count("{}") != 1 or "{" in rest or "}" in rest:
+        raise ValueError(
+            f"template {template!r} must contain exactly one '{{}}' for the class name and no other braces"
+        )
+    return template
+
+
 def _fill(template: str | Callable[[str], str], classname: str) -> str:
-    return template(classname) if callable(template) else template.format(classname)
+    return template(classname) if callable(template) else check_template(template).format(classname)
 
 
 @torch.no_grad()
@@ -40,7 +53,8 @@ def zero_shot_classifier(
 ) -> torch.Tensor:
     """Build the classifier ``(embed_dim, num_classes)`` from a CLIP model.
 
-    ``templates`` are format strings with one ``{}`` (or callables ``classname -> prompt``); ``tokenizer``
+    ``templates`` are format strings with one ``{}`` and no other brace (``check_template``), or callables
+    ``classname -> prompt``; ``tokenizer``
     defaults to the CLIP tokenizer at the model's context length.
     """
     if not classnames:
@@ -56,7 +70,8 @@ def zero_shot_classifier(
     embs = []
     for i in range(0, len(prompts), batch_size):
         ids = tokenizer(prompts[i : i + batch_size]).to(device)
-        embs.append(model.encode_text(ids, normalize=True).float())
+        emb = model.encode_text(ids, normalize=True).float()
+        embs.append(check_finite(emb, f"the prompt {prompts[i]!r} (or its batch)", model))
     per_prompt = torch.cat(embs).view(len(classnames), len(templates), -1)
     classifier = F.normalize(per_prompt.mean(dim=1), dim=-1)
     return classifier.T.contiguous()

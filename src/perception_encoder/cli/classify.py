@@ -6,13 +6,41 @@ import json
 
 import click
 
-from .common import load_model, model_options, report_skipped, require_clip, split_labels
+from .options import (
+    batch_size_option,
+    frames_option,
+    high_bit_depth_option,
+    json_option,
+    load_model,
+    model_options,
+    options,
+    progress_option,
+    require_clip,
+    show_progress,
+    user_errors,
+    workers_option,
+)
+from .output import print_table, report_notes, report_skipped
+
+
+def split_labels(labels: str) -> list[str]:
+    """``"a, b ,c"`` -> ``["a", "b", "c"]``; no label, or a label given twice, is a usage error (their
+    probabilities would share one key in ``--json``)."""
+    names = [s.strip() for s in labels.split(",") if s.strip()]
+    if not names:
+        raise click.BadParameter("give at least one label, e.g. --labels 'cat,dog'", param_hint="--labels")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise click.BadParameter(
+            f"{', '.join(map(repr, twice))} given more than once; each label must be distinct",
+            param_hint="--labels",
+        )
+    return names
 
 
 @click.command("classify")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--labels", "-l", required=True, help='Comma-separated class names, e.g. "cat,dog,car".')
-@model_options
 @click.option(
     "--template",
     "-t",
@@ -23,35 +51,62 @@ from .common import load_model, model_options, report_skipped, require_clip, spl
 @click.option(
     "--top", type=click.IntRange(min=1), default=3, show_default=True, help="Labels shown per image."
 )
-@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per video.")
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print JSON (every label's probability) instead of a table."
+@options(
+    model_options,
+    batch_size_option(32),
+    workers_option,
+    frames_option(),
+    high_bit_depth_option,
+    progress_option,
+    json_option,
 )
 def command(
-    paths, labels, model_name, checkpoint, device, dtype, templates, top, batch_size, frames, as_json
+    paths,
+    labels,
+    templates,
+    top,
+    model_name,
+    checkpoint,
+    device,
+    dtype,
+    batch_size,
+    workers,
+    frames,
+    high_bit_depth,
+    progress,
+    as_json,
 ):
-    """Zero-shot classify images, folders and videos; unreadable files are reported and skipped."""
+    """Zero-shot classify images, folders and videos; unreadable or missing files are reported and skipped."""
     from ..embedding import embed_paths, expand_inputs
-    from ..zeroshot import zero_shot_classifier, zero_shot_probs
+    from ..zeroshot import check_template, zero_shot_classifier, zero_shot_probs
 
     names = split_labels(labels)
     for t in templates:
-        if "{}" not in t:
-            raise click.BadParameter(f"template {t!r} has no {{}} for the label", param_hint="--template")
-    try:
-        files = expand_inputs(paths)
-    except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if not files:
+        try:
+            check_template(t)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--template") from None
+    inputs = expand_inputs(paths)
+    report_skipped(inputs.skipped)
+    if not inputs.files:
         raise click.ClickException("no image or video files found in " + ", ".join(paths))
     model = load_model(model_name, checkpoint, device, dtype)
     require_clip(model, "classify")
-    classifier = zero_shot_classifier(model, names, templates or ("{}",))
-    result = embed_paths(model, files, batch_size=batch_size, num_frames=frames, progress=len(files) > 8)
+    with user_errors():
+        classifier = zero_shot_classifier(model, names, templates or ("{}",))
+        result = embed_paths(
+            model,
+            inputs.files,
+            batch_size=batch_size,
+            num_frames=frames,
+            high_bit_depth=high_bit_depth,
+            num_workers=workers,
+            progress=show_progress(progress),
+        )
+    report_notes(result.notes)
     report_skipped(result.skipped)
     if not result.paths:
-        raise click.ClickException(f"none of the {len(files)} files could be read")
+        raise click.ClickException(f"none of the {len(inputs.files)} files could be read")
     probs = zero_shot_probs(result.embeddings, classifier)
     if as_json:
         rows = [
@@ -60,14 +115,9 @@ def command(
         ]
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table()
-    table.add_column("file", overflow="fold")  # long paths wrap rather than being cut
-    for i in range(min(top, len(names))):
-        table.add_column(f"#{i + 1}", no_wrap=True)
+    shown = min(top, len(names))
+    table = []
     for path, pr in zip(result.paths, probs, strict=True):
-        best = pr.argsort(descending=True)[:top]
-        table.add_row(str(path), *[f"{names[i]} {100 * pr[i]:.1f}%" for i in best.tolist()])
-    Console().print(table)
+        best = pr.argsort(descending=True)[:shown].tolist()
+        table.append([path, *[f"{names[i]} {100 * pr[i]:.1f}%" for i in best]])
+    print_table(["file", *[f"#{i + 1}" for i in range(shown)]], table)

@@ -6,6 +6,8 @@ import warnings
 
 import click
 
+from .options import DTYPES, check_output_file
+
 _TARGETS = ("reference", "timm", "open_clip", "safetensors")
 
 
@@ -20,10 +22,10 @@ _TARGETS = ("reference", "timm", "open_clip", "safetensors")
     help="reference: the released .pt layout; timm: timm's vit_pe_* (vision tower only); open_clip: "
     "open_clip's PE-Core (CLIP only); safetensors: this package's layout.",
 )
-@click.option("--model", default=None, help="Registered model the checkpoint must fit (checked).")
+@click.option("--model", "-m", default=None, help="Registered model the checkpoint must fit (checked).")
 @click.option(
     "--dtype",
-    type=click.Choice(["fp32", "bf16", "fp16"]),
+    type=click.Choice(DTYPES),
     default=None,
     help="Cast the weights (default: keep the file's dtype). A bf16 file is the lightest way to run "
     "in bf16: it loads without a cast and its weights are packed in place.",
@@ -34,17 +36,13 @@ def command(src: str, dst: str, to: str, model: str | None, dtype: str | None) -
     DST's extension picks the file type (.safetensors or .pt/.pth/.bin); the model config is written
     beside it as <stem>.json.
     """
-    from ..configs import UnknownModelError
-    from ..errors import CheckpointError
     from ..factory import convert, inspect_checkpoint
 
-    try:
-        facts = inspect_checkpoint(src)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out = convert(src, dst, to=to, model=model, dtype=dtype)
-    except (CheckpointError, UnknownModelError, ValueError, OSError) as e:
-        raise click.ClickException(str(e)) from None
+    check_output_file(dst, "converted checkpoint")
+    facts = inspect_checkpoint(src)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = convert(src, dst, to=to, model=model, dtype=dtype)
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     note = ""

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import click
 
-from ._dense import (
+from .options import (
     IMAGE_PATH,
-    get_model,
     image_size_option,
     layer_option,
+    load_model,
+    model_options,
     open_rgb,
     out_option,
     user_errors,
-    wrote,
 )
-from .common import model_options
+from .output import wrote
 
 
 @click.command("correspond")
 @click.argument("image1", type=IMAGE_PATH)
 @click.argument("image2", type=IMAGE_PATH)
 @model_options
-@layer_option
+@layer_option(-1)
 @image_size_option
 @click.option(
     "--topk", "-k", type=click.IntRange(min=1), default=50, show_default=True, help="Draw the k best matches."
@@ -39,7 +39,7 @@ def command(
     from ..dense.render import save_png
 
     pil1, pil2 = open_rgb(image1), open_rgb(image2)
-    model = get_model(model_name, checkpoint, device, dtype, vision_only=True)
+    model = load_model(model_name, checkpoint, device, dtype, vision_only=True)
     with user_errors():
         matches = match_images(
             model, pil1, pil2, layer=layer, image_size=image_size, topk=topk, mutual=not one_way

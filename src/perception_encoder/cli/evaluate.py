@@ -1,20 +1,38 @@
 """``pe eval``: zero-shot, retrieval, linear-probe, k-NN and video evaluation from files.
 
 Every subcommand loads a model (``--model`` name or checkpoint path, ``--checkpoint`` weights; default:
-the bundled model when one is registered), evaluates, prints a table (or JSON with ``--json -``) and
-optionally writes the JSON result. Unreadable files are reported and skipped; the run fails only when
-nothing at all could be read.
+the bundled model when one is registered), evaluates, prints a table (``--json``: JSON on standard output)
+and optionally writes the JSON result (``--out FILE``). Unreadable files are reported and skipped; the run
+fails only when nothing at all could be read.
 """
 
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
 import click
+
+from .options import (
+    batch_size_option,
+    check_output_file,
+    feature_spec,
+    frames_option,
+    high_bit_depth_option,
+    json_option,
+    layer_option,
+    load_model,
+    model_options,
+    options,
+    out_option,
+    pool_option,
+    progress_option,
+    show_progress,
+    workers_option,
+)
+from .output import print_table, report_skipped
 
 
 @dataclass(frozen=True)
@@ -24,53 +42,81 @@ class EvalRun:
 
     model_name: str | None
     checkpoint: str | None
-    batch_size: int
     device: str
     dtype: str
-    num_workers: int
+    batch_size: int
+    workers: int
     center_crop: bool
-    json_out: str | None
+    high_bit_depth: str
     progress: bool | None
+    as_json: bool
+    out: str | None
 
     @property
     def name(self) -> str:
-        from .common import default_model
+        from .options import default_model  # looked up when used: tests and embedders may replace it
 
         return str(self.model_name or self.checkpoint or default_model())
 
     def load(self, vision_only: bool = False):
-        """The model to evaluate, in eval mode (the shared ``--model`` rules of ``cli.common.load_model``:
-        ``--checkpoint`` alone brings its own config; neither: the bundled model)."""
-        from .common import load_model
-
-        device = None if self.device == "auto" else self.device
-        model = load_model(self.model_name, self.checkpoint, device, self.dtype, vision_only=vision_only)
-        return model.eval()
+        """The model to evaluate, in eval mode (the shared rules of ``options.load_model``)."""
+        return load_model(self.model_name, self.checkpoint, self.device, self.dtype, vision_only=vision_only)
 
     def loader(self, model) -> dict[str, Any]:
         """``transform``, ``batch_size``, ``num_workers`` and ``progress`` for an ``evaluate_*`` call."""
+        from ..transforms import image_transform
+
+        size = getattr(model, "visual", model).config.image_size
         return {
-            "transform": _transform(model, self.center_crop),
+            "transform": image_transform(
+                size, center_crop=self.center_crop, high_bit_depth=self.high_bit_depth
+            ),
             "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "progress": sys.stderr.isatty() if self.progress is None else self.progress,
+            "num_workers": self.workers,
+            "progress": show_progress(self.progress),
         }
 
     def finish(self, results: dict[str, Any]) -> None:
-        """Print (and write) ``results`` under the model's name; fail when nothing was evaluated."""
+        """Print (and write) ``results`` under the model's name; fail when nothing was evaluated.
+
+        ``--json``: JSON on standard output, the table on standard error; ``--out FILE``: JSON written to
+        FILE as well."""
+        from ..eval.report import to_json, write_json
+
         head = {"model": self.name, **({"checkpoint": self.checkpoint} if self.checkpoint else {})}
-        _report({**head, **results}, self.json_out)
+        results = {**head, **results}
+        print_report(results, err=self.as_json)
+        if self.out:
+            write_json(results, self.out)
+        if self.as_json:
+            click.echo(to_json(results))
+        if results.get("num_evaluated", 0) == 0:
+            raise click.ClickException("no file of the dataset could be read; nothing was evaluated")
 
 
-def _with(options: list[Callable]) -> Callable:
-    """Apply a list of click options (first in the list = first in ``--help``)."""
+def print_report(
+    results: dict[str, Any], *, err: bool = False, max_skipped: int = 10, max_classes: int = 20
+) -> None:
+    """Print the metrics table (and the per-class recalls when there are at most ``max_classes`` classes),
+    the notes, then the first ``max_skipped`` skipped files with their reasons; on stderr with ``err``."""
+    from ..embedding import Skipped
+    from ..eval.report import metrics_rows, per_class_rows
 
-    def decorate(f: Callable) -> Callable:
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return decorate
+    task = f"pe eval {results.get('task', '').replace('_', '-')}".strip()
+    print_table(["metric", "value"], metrics_rows(results), title=task, right=["value"], err=err)
+    if 0 < len(results.get("per_class", [])) <= max_classes:
+        rows = per_class_rows(results)
+        print_table(
+            ["class", "samples", "recall"],
+            rows,
+            title="recall per class",
+            right=["samples", "recall"],
+            err=err,
+        )
+    for note in results.get("notes", []):
+        click.echo(f"note: {note}", err=err)
+    skipped = results.get("skipped", []) + results.get("train_skipped", [])
+    report_skipped([Skipped(s["path"], s["reason"]) for s in skipped], limit=max_skipped)
 
 
 _RUN_FIELDS = tuple(f.name for f in fields(EvalRun))
@@ -83,98 +129,27 @@ def _common(default_batch: int) -> Callable:
         @functools.wraps(f)
         def wrapper(**kwargs):
             run = EvalRun(**{k: kwargs.pop(k) for k in _RUN_FIELDS})
+            if run.out:
+                check_output_file(run.out, "results file")
             return f(**kwargs, run=run)
 
-        options = [
-            click.option(
-                "--model",
-                "-m",
-                "model_name",
-                default=None,
-                help="Registered model name (`pe models`) or a checkpoint path; default: the bundled model.",
-            ),
-            click.option(
-                "--checkpoint",
-                "-c",
-                default=None,
-                help="Weights: a local file in any supported layout or hf-hub:<repo>[/<file>]; alone, the "
-                "config saved beside the file is used.",
-            ),
-            click.option(
-                "--batch-size",
-                type=click.IntRange(min=1),
-                default=default_batch,
-                show_default=True,
-                help="Files per forward pass; the metrics do not depend on it.",
-            ),
-            click.option(
-                "--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... or auto."
-            ),
-            click.option(
-                "--dtype",
-                type=click.Choice(["fp32", "bf16", "fp16"]),
-                default="fp32",
-                show_default=True,
-                help="Compute dtype of the model weights.",
-            ),
-            click.option(
-                "--num-workers",
-                type=click.IntRange(min=0),
-                default=0,
-                show_default=True,
-                help="Loader processes.",
-            ),
+        return options(
+            model_options,
+            batch_size_option(default_batch, "Files per forward pass; the metrics do not depend on it."),
+            workers_option,
             click.option(
                 "--center-crop",
                 is_flag=True,
                 help="Resize keeping the aspect ratio and crop the centre, instead of squashing to the "
                 "model's square size (the reference preprocessing).",
             ),
-            click.option(
-                "--json",
-                "json_out",
-                type=click.Path(dir_okay=False, allow_dash=True),
-                default=None,
-                help="Write the results as JSON to this file ('-': standard output, table on stderr).",
-            ),
-            click.option(
-                "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
-            ),
-        ]
-        return _with(options)(wrapper)
+            high_bit_depth_option,
+            progress_option,
+            json_option,
+            out_option([".json"], "Also write the results as JSON to this file.", required=False),
+        )(wrapper)
 
     return decorate
-
-
-def _transform(model, center_crop: bool):
-    from ..transforms import image_transform
-
-    return image_transform(getattr(model, "visual", model).config.image_size, center_crop=center_crop)
-
-
-def _report(results: dict[str, Any], json_out: str | None) -> None:
-    from rich.console import Console
-
-    from ..eval.report import print_report, write_json
-
-    print_report(results, Console(stderr=json_out == "-"))
-    if json_out:
-        write_json(results, json_out)
-    if results.get("num_evaluated", 0) == 0:
-        raise click.ClickException("no file of the dataset could be read; nothing was evaluated")
-
-
-def _friendly(f: Callable) -> Callable:
-    """Bad inputs (missing files, malformed CSVs, wrong model kind) become one-line CLI errors."""
-
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        try:
-            return f(*args, **kwargs)
-        except (FileNotFoundError, NotADirectoryError, ValueError, TypeError, IndexError, ImportError) as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper
 
 
 def _classnames(classnames: str | None, imagenet: bool):
@@ -219,30 +194,7 @@ _classnames_option = click.option(
 _imagenet_option = click.option(
     "--imagenet-classnames", is_flag=True, help="Use the bundled 1000 ImageNet class names."
 )
-_feature_options = [
-    click.option(
-        "--layer",
-        type=int,
-        default=None,
-        help="Read block k (Python-style index, -1 = last) instead of the pooled embedding.",
-    ),
-    click.option(
-        "--pool",
-        type=click.Choice(["pooled", "mean", "cls"]),
-        default=None,
-        help="pooled: the model's embedding; mean: mean of patch tokens; cls: CLS token "
-        "(default: pooled, or mean with --layer).",
-    ),
-]
-
-
-def _features(layer: int | None, pool: str | None):
-    from ..eval.embed import FeatureSpec
-
-    if pool == "pooled" and layer is not None:
-        raise click.UsageError("--layer reads block features: use it with --pool mean or --pool cls")
-    pool = pool or ("mean" if layer is not None else "pooled")
-    return FeatureSpec(pool=pool, layer=-1 if layer is None else layer)
+_feature_options = options(layer_option(), pool_option)
 
 
 @click.group(name="eval")
@@ -259,7 +211,6 @@ def command() -> None:
 @_classnames_option
 @_imagenet_option
 @_common(64)
-@_friendly
 def zeroshot_cmd(
     data,
     templates,
@@ -290,7 +241,6 @@ def zeroshot_cmd(
 )
 @click.option("--recall-at", "recall_at", default="1,5,10", show_default=True, help="Recall cut-offs.")
 @_common(64)
-@_friendly
 def retrieval_cmd(
     csv_file,
     caption_sep,
@@ -315,7 +265,7 @@ def retrieval_cmd(
 
 @command.command("linear-probe", short_help="Logistic regression on frozen features (train/ and test/).")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@_with(_feature_options)
+@_feature_options
 @click.option(
     "--C",
     "c_values",
@@ -327,7 +277,6 @@ def retrieval_cmd(
     "--max-iter", type=click.IntRange(min=1), default=1000, show_default=True, help="L-BFGS iterations."
 )
 @_common(64)
-@_friendly
 def linear_probe_cmd(
     data,
     layer,
@@ -342,7 +291,7 @@ def linear_probe_cmd(
 
     require_sklearn()  # fail before the model loads when scikit-learn is missing
     train, test = split_folders(data)
-    features = _features(layer, pool)
+    features = feature_spec(layer, pool)
     model = run.load(vision_only=True)
     results = evaluate_linear_probe(
         model,
@@ -366,9 +315,8 @@ def linear_probe_cmd(
     show_default=True,
     help="Vote weight exp(cosine / temperature).",
 )
-@_with(_feature_options)
+@_feature_options
 @_common(64)
-@_friendly
 def knn_cmd(
     data,
     k,
@@ -382,7 +330,7 @@ def knn_cmd(
     from ..eval.probe import evaluate_knn
 
     train, test = split_folders(data)
-    features = _features(layer, pool)
+    features = feature_spec(layer, pool)
     model = run.load(vision_only=True)
     results = evaluate_knn(
         model,
@@ -396,13 +344,7 @@ def knn_cmd(
     run.finish(results)
 
 
-_frames_option = click.option(
-    "--num-frames",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Frames per video, at indices int(i*(T-1)/(N-1)).",
-)
+_frames_option = frames_option()
 
 
 @command.command("video-zeroshot", short_help="Zero-shot classification of videos.")
@@ -411,12 +353,11 @@ _frames_option = click.option(
 @_classnames_option
 @_frames_option
 @_common(8)
-@_friendly
 def video_zeroshot_cmd(
     data,
     templates,
     classnames,
-    num_frames,
+    frames,
     run: EvalRun,
 ):
     """Zero-shot classification of videos (class folder or CSV of path,label); frame embeddings averaged."""
@@ -430,7 +371,7 @@ def video_zeroshot_cmd(
         model,
         dataset,
         templates=prompts,
-        num_frames=num_frames,
+        num_frames=frames,
         **run.loader(model),
     )
     run.finish(results)
@@ -444,12 +385,11 @@ def video_zeroshot_cmd(
 @click.option("--recall-at", "recall_at", default="1,5,10", show_default=True, help="Recall cut-offs.")
 @_frames_option
 @_common(8)
-@_friendly
 def video_retrieval_cmd(
     csv_file,
     caption_sep,
     recall_at,
-    num_frames,
+    frames,
     run: EvalRun,
 ):
     """Video-text retrieval from a CSV of path,caption: recall@k both ways (frames normalised, then averaged)."""
@@ -462,7 +402,7 @@ def video_retrieval_cmd(
     results = evaluate_video_retrieval(
         model,
         dataset,
-        num_frames=num_frames,
+        num_frames=frames,
         ks=ks,
         **run.loader(model),
     )

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from .common import default_model, load_model
+from .options import (
+    check_output_file,
+    checkpoint_option,
+    default_model,
+    image_size_option,
+    load_model,
+    model_option,
+    normalize_option,
+    out_option,
+)
 
 
 @click.group("export")
@@ -15,12 +24,8 @@ def command() -> None:
 
 
 @command.command("onnx")
-@click.option(
-    "--model", "-m", "model_name", default=None, help="Registered model name; default: the bundled model."
-)
-@click.option(
-    "--checkpoint", "-c", default=None, help="Weights: a local file in any layout, or hf-hub:<repo>."
-)
+@model_option
+@checkpoint_option
 @click.option(
     "--what",
     type=click.Choice(["image", "text", "video"]),
@@ -28,17 +33,9 @@ def command() -> None:
     show_default=True,
     help="Which encoder: pixels (B,3,S,S), token ids (B,L) or frames (B,N,3,S,S).",
 )
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Output .onnx file [default: <model>-<what>.onnx].",
-)
-@click.option(
-    "--image-size", type=click.IntRange(min=1), default=None, help="Input size S [default: native]."
-)
-@click.option("--normalize/--no-normalize", default=False, show_default=True, help="L2-normalise the output.")
+@out_option([".onnx"], "Output .onnx file [default: <model>-<what>.onnx].", required=False)
+@image_size_option
+@normalize_option
 @click.option("--opset", type=click.IntRange(min=14), default=17, show_default=True, help="ONNX opset.")
 @click.option(
     "--external-data/--no-external-data",
@@ -60,23 +57,25 @@ def onnx_command(
     """
     from ..export import export_onnx
 
-    model = load_model(model_name, checkpoint, "cpu", "fp32", vision_only=what != "text")
+    if isinstance(image_size, tuple):
+        raise click.BadParameter(
+            "an exported graph takes square images: give one size S", param_hint="--image-size"
+        )
     name = model_name or (Path(checkpoint).stem if checkpoint else default_model())
     target = Path(out) if out else Path(f"{name}-{what}.onnx")
-    try:
-        path = export_onnx(
-            model,
-            target,
-            what=what,
-            image_size=image_size,
-            normalize=normalize,
-            opset=opset,
-            external_data=external_data,
-            check=check,
-            name=name,
-        )
-    except (ValueError, TypeError, ImportError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    check_output_file(str(target), "ONNX graph")
+    model = load_model(model_name, checkpoint, "cpu", "fp32", vision_only=what != "text")
+    path = export_onnx(
+        model,
+        target,
+        what=what,
+        image_size=image_size,
+        normalize=normalize,
+        opset=opset,
+        external_data=external_data,
+        check=check,
+        name=name,
+    )
     data = path.with_name(path.name + ".data")
     size = path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
     extra = f" + {data.name}" if data.is_file() else ""

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import click
 
-from ._dense import (
+from .options import (
     IMAGE_PATH,
-    get_model,
     image_size_option,
     layer_option,
+    load_model,
+    model_options,
     open_rgb,
     out_option,
     user_errors,
-    wrote,
 )
-from .common import model_options
+from .output import wrote
 
 
 @click.command("features")
 @click.argument("image", type=IMAGE_PATH)
 @model_options
-@layer_option
+@layer_option(-1)
 @image_size_option
 @click.option(
     "--norm/--no-norm", default=False, show_default=True, help="Apply ln_post (PE-Core) to the features."
@@ -31,7 +31,7 @@ def command(image, model_name, checkpoint, device, dtype, layer, image_size, nor
     from ..dense import patch_features, save_features
 
     pil = open_rgb(image)
-    model = get_model(model_name, checkpoint, device, dtype, vision_only=True)
+    model = load_model(model_name, checkpoint, device, dtype, vision_only=True)
     with user_errors():
         feats = patch_features(model, pil, layer=layer, image_size=image_size, norm=norm)
         path = save_features(feats, out)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import sys
+from typing import Any
 
 import click
 
@@ -37,6 +40,17 @@ class LazyGroup(click.Group):
         if name not in COMMANDS or not _available(COMMANDS[name][0]):
             return None
         return importlib.import_module(f"perception_encoder.cli.{COMMANDS[name][0]}").command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; errors about the user's inputs become one-line messages (``options.user_errors``)."""
+        from .options import user_errors
+
+        try:
+            with user_errors():
+                return super().invoke(ctx)
+        except BrokenPipeError:  # `pe ... | head`: the reader left; nothing more to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(141)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
+
+from .output import print_table
 
 
 def format_count(n: int) -> str:
@@ -29,45 +29,42 @@ def command(family: str | None) -> None:
     "params" counts what `pe.load(name)` returns (both towers for PE-Core CLIP models); "vision" counts the
     vision tower alone. Models whose weights ship inside the package are marked "bundled".
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from ..configs import get_model_info, list_models
     from ..factory import count_parameters
 
     names = list_models(family)
     if not names:
         raise click.ClickException(f"no registered models of family {family!r}")
-    table = Table(title="Perception Encoder models", title_justify="left")
-    for column, justify in [
-        ("name", "left"),
-        ("family", "left"),
-        ("params", "right"),
-        ("vision params", "right"),
-        ("px", "right"),
-        ("patch", "right"),
-        ("vision width/depth", "right"),
-        ("text width/depth", "right"),
-        ("output dim", "right"),
-        ("weights", "left"),
-    ]:
-        table.add_column(column, justify=justify, no_wrap=column == "name")
+    headers = [
+        "name",
+        "family",
+        "params",
+        "vision params",
+        "px",
+        "patch",
+        "vision width/depth",
+        "text width/depth",
+        "output dim",
+        "weights",
+    ]
+    rows = []
     for name in names:
         info = get_model_info(name)
         v = info.vision
         text = info.config.text if info.is_clip else None
         weights = "bundled" if info.local_weights else "hub" if info.hub_repo else "-"
-        table.add_row(
-            name,
-            info.family,
-            format_count(count_parameters(info.config)),
-            format_count(count_parameters(v)),
-            str(v.image_size),
-            str(v.patch_size),
-            f"{v.width}/{v.depth}",
-            f"{text.width}/{text.depth}" if text else "-",
-            str(v.output_dim) if v.output_dim else f"tokens ({v.width})",
-            weights,
+        rows.append(
+            [
+                name,
+                info.family,
+                format_count(count_parameters(info.config)),
+                format_count(count_parameters(v)),
+                str(v.image_size),
+                str(v.patch_size),
+                f"{v.width}/{v.depth}",
+                f"{text.width}/{text.depth}" if text else "-",
+                str(v.output_dim) if v.output_dim else f"tokens ({v.width})",
+                weights,
+            ]
         )
-    # a fixed, wide layout when not on a terminal (pipes, tests) so names are never cut
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    print_table(headers, rows, title="Perception Encoder models", right=headers[2:9])

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import click
 
-from ._dense import (
+from .options import (
     IMAGE_PATH,
-    get_model,
     image_size_option,
     layer_option,
+    load_model,
+    model_options,
     open_rgb,
     out_option,
     user_errors,
-    wrote,
 )
-from .common import model_options
+from .output import wrote
 
 
 @click.command("pca")
 @click.argument("image", type=IMAGE_PATH)
 @model_options
-@layer_option
+@layer_option(-1)
 @image_size_option
 @click.option(
     "--foreground",
@@ -52,7 +52,7 @@ def command(
     from ..dense.render import save_png
 
     pil = open_rgb(image)
-    model = get_model(model_name, checkpoint, device, dtype, vision_only=True)
+    model = load_model(model_name, checkpoint, device, dtype, vision_only=True)
     with user_errors():
         feats = patch_features(model, pil, layer=layer, image_size=image_size)
         rgb = pca_rgb(feats, foreground_threshold=foreground, invert_foreground=invert_foreground)

@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import click
 
-from ._dense import (
+from .options import (
     IMAGE_PATH,
     PointType,
-    get_model,
     image_size_option,
     layer_option,
+    load_model,
+    model_options,
     open_rgb,
     out_option,
+    require_clip,
     user_errors,
-    wrote,
 )
-from .common import model_options, require_clip
+from .output import wrote
 
 
 @click.command("similarity")
 @click.argument("image", type=IMAGE_PATH)
 @click.option("--point", "-p", type=PointType(), default=None, help="Query pixel X,Y of IMAGE.")
-@click.option("--text", "-t", default=None, help="Query prompt (PE-Core CLIP models only).")
+@click.option("--text", default=None, help="Query prompt (PE-Core CLIP models only).")
 @model_options
-@layer_option
+@layer_option(-1)
 @image_size_option
 @click.option(
     "--mode",
@@ -52,7 +53,7 @@ def command(
             f"({point[0]:g}, {point[1]:g}) is outside the {pil.width}x{pil.height} image",
             param_hint="--point",
         )
-    model = get_model(model_name, checkpoint, device, dtype, vision_only=text is None)
+    model = load_model(model_name, checkpoint, device, dtype, vision_only=text is None)
     with user_errors():
         if text is not None:
             require_clip(model, "similarity --text")

@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ._dense import IMAGE_PATH, get_model, image_size_option, layer_option, user_errors
-from .common import model_options
+from .options import IMAGE_PATH, image_size_option, layer_option, load_model, model_options, user_errors
 
 
 class MaskFile:
@@ -93,10 +92,10 @@ def _overlay(frame, mask: np.ndarray, colors: dict[int, tuple[int, int, int]], a
     "--mask", required=True, type=IMAGE_PATH, help="Object ids of the first frame (PNG: P, L or RGB)."
 )
 @model_options
-@layer_option
+@layer_option(-1)
 @image_size_option
 @click.option(
-    "--topk", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours per patch."
+    "--topk", "-k", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours per patch."
 )
 @click.option(
     "--temperature",
@@ -160,7 +159,7 @@ def command(
             names = None
             frames = iter_frames(src)
     frames = itertools.islice(frames, max_frames)
-    model = get_model(model_name, checkpoint, device, dtype, vision_only=True)
+    model = load_model(model_name, checkpoint, device, dtype, vision_only=True)
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,9 @@ images, so nothing beyond the core install is needed.
 
 from __future__ import annotations
 
+from ..embedding.encoders import vision_tower
 from .correspondence import Matches, correspondence_figure, match_images, mutual_nearest_neighbors
-from .features import load_features, patch_features, save_features, vision_tower
+from .features import load_features, patch_features, save_features
 from .pca import foreground_mask, pca_figure, pca_rgb
 from .propagation import iter_propagate_masks, propagate_labels, propagate_masks
 from .similarity import (

@@ -19,20 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..embedding.encoders import vision_tower
 from ..images import load_image
-from ..transforms import image_transform
+from ..transforms import image_transform, to_rgb
 
 ImageInput = Any  # a path, PIL image, uint8 array (H, W, 3) or uint8 tensor: anything ImageTransform reads
-
-
-def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
-    """The vision tower of a ``CLIP`` model (``.visual``), or the model itself if it is one."""
-    visual = getattr(model, "visual", model)
-    if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "patch_size"):
-        raise TypeError(
-            f"expected a PE vision tower or a CLIP model with .visual, got {type(model).__name__}"
-        )
-    return visual
 
 
 def resolve_image_size(visual: torch.nn.Module, image_size: int | Sequence[int] | None) -> tuple[int, int]:
@@ -59,7 +50,7 @@ def resolve_image_size(visual: torch.nn.Module, image_size: int | Sequence[int] 
 def to_rgb_image(image: ImageInput) -> Image.Image:
     """Any supported image input -> an RGB PIL image (for drawing and for the original size)."""
     if isinstance(image, Image.Image):
-        return load_image(image).convert("RGB")
+        return to_rgb(load_image(image))
     if isinstance(image, torch.Tensor):
         if image.dtype != torch.uint8:
             raise TypeError(f"image tensors must be uint8 (H, W, 3) or (3, H, W), got dtype {image.dtype}")
@@ -74,7 +65,7 @@ def to_rgb_image(image: ImageInput) -> Image.Image:
             )
         return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
     if isinstance(image, (str, os.PathLike, bytes)):
-        return load_image(image).convert("RGB")
+        return to_rgb(load_image(image))
     raise TypeError(f"expected an image path, PIL image, uint8 array or tensor, got {type(image).__name__}")
 
 

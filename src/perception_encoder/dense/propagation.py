@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..embedding.encoders import vision_tower
 from ..transforms import image_transform
-from .features import grid_features, resolve_image_size, to_rgb_image, vision_tower
+from .features import grid_features, resolve_image_size, to_rgb_image
 
 
 def neighborhood_mask(h: int, w: int, radius: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..embedding.encoders import vision_tower
 from . import render
-from .features import ImageInput, grid_features, preprocess, vision_tower
+from .features import ImageInput, grid_features, preprocess
 
 DenseMode = Literal["pool_values", "linear"]
 

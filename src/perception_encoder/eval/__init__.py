@@ -7,6 +7,7 @@ datasets are described by files (:mod:`.data`); metrics are pure functions of sc
 
 from __future__ import annotations
 
+from ..embedding import FeatureSpec
 from .data import (
     CaptionedFiles,
     LabeledFiles,
@@ -20,7 +21,6 @@ from .data import (
     read_templates,
     split_folders,
 )
-from .embed import FeatureSpec
 from .metrics import (
     best_positive_rank,
     classification_metrics,
@@ -29,7 +29,7 @@ from .metrics import (
     topk_accuracy,
 )
 from .probe import evaluate_knn, evaluate_linear_probe, knn_scores, linear_probe_scores
-from .report import print_report, render_table, to_json, write_json
+from .report import metrics_rows, per_class_rows, to_json, write_json
 from .retrieval import evaluate_retrieval, retrieval_metrics
 from .video import evaluate_video_retrieval, evaluate_video_zeroshot
 from .zeroshot import evaluate_zeroshot
@@ -55,10 +55,10 @@ __all__ = [
     "labeled_files",
     "linear_probe_scores",
     "mean_per_class_recall",
-    "print_report",
     "read_classnames",
     "read_templates",
-    "render_table",
+    "metrics_rows",
+    "per_class_rows",
     "retrieval_metrics",
     "retrieval_recall",
     "split_folders",

@@ -33,7 +33,9 @@ from importlib import resources
 from pathlib import Path
 
 from ..images import IMAGE_EXTENSIONS
+from ..input_files import file_problem, read_text
 from ..video import VIDEO_EXTENSIONS
+from ..zeroshot import check_template
 
 _FILE_COLUMNS = ("path", "image", "file", "filename", "filepath", "image_path", "video", "video_path")
 _LABEL_COLUMNS = ("label", "class", "classname", "class_name", "category", "target")
@@ -101,12 +103,9 @@ def imagenet_templates() -> list[str]:
 
 def _read_lines(path: str | os.PathLike, what: str) -> list[str]:
     path = Path(path)
-    if not path.is_file():
+    if file_problem(path) == "no such file":
         raise FileNotFoundError(f"{what} file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{what} file {path} is not UTF-8 text ({exc})") from exc
+    text = read_text(path, f"{what} file")
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if not lines:
@@ -118,11 +117,10 @@ def read_templates(path: str | os.PathLike) -> list[str]:
     """Prompt templates from a text file, one per line, each with exactly one ``{}``."""
     templates = _read_lines(path, "templates")
     for n, t in enumerate(templates, 1):
-        if t.count("{}") != 1 or t.replace("{}", "").count("{") or t.replace("{}", "").count("}"):
-            raise ValueError(
-                f"templates file {path}, line {n}: {t!r} must contain exactly one '{{}}' for the class name "
-                "and no other braces"
-            )
+        try:
+            check_template(t)
+        except ValueError as e:
+            raise ValueError(f"templates file {path}, line {n}: {e}") from None
     return templates
 
 
@@ -253,8 +251,11 @@ def split_folders(
 
 def _read_csv(path: str | os.PathLike) -> list[list[str]]:
     path = Path(path)
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem == "no such file":
         raise FileNotFoundError(f"CSV file {path} does not exist")
+    if problem is not None:
+        raise ValueError(f"cannot read CSV file {path}: {problem}")
     with path.open(newline="", encoding="utf-8-sig") as f:
         rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
     if not rows:

@@ -21,17 +21,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ..embedding import FeatureSpec, feature_encoder
 from .data import LabeledFiles
-from .embed import (
-    Embedded,
-    FeatureSpec,
-    ImageLoader,
-    embed_files,
-    feature_encoder,
-    model_device,
-    normalized,
-    vision_tower,
-)
+from .embed import embed_images, normalized
 from .metrics import classification_metrics, predictions
 from .report import base_result, per_class_table
 
@@ -175,21 +167,6 @@ def nearest(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return vals.gather(1, order), idx.gather(1, order)
 
 
-def _embed_split(
-    model, data: LabeledFiles, encode, transform, batch_size, num_workers, progress, desc
-) -> Embedded:
-    return embed_files(
-        data.paths,
-        ImageLoader(transform),
-        encode,
-        batch_size=batch_size,
-        device=model_device(model),
-        num_workers=num_workers,
-        progress=progress,
-        desc=desc,
-    )
-
-
 def _probe(
     task: str,
     model: torch.nn.Module,
@@ -204,13 +181,15 @@ def _probe(
 ) -> dict[str, Any]:
     if train.classnames != test.classnames:
         raise ValueError("train and test splits must share one class list (use data.split_folders)")
-    encode = feature_encoder(model, features)
-    if transform is None:
-        from ..transforms import image_transform
-
-        transform = image_transform(vision_tower(model).config.image_size)
-    tr = _embed_split(model, train, encode, transform, batch_size, num_workers, progress, "train")
-    te = _embed_split(model, test, encode, transform, batch_size, num_workers, progress, "test")
+    feature_encoder(model, features)  # checks the layer before any file is read
+    loader = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "progress": progress,
+        "features": features,
+    }
+    tr = embed_images(model, train.paths, transform, desc="train", **loader)
+    te = embed_images(model, test.paths, transform, desc="test", **loader)
     result = base_result(task, test.source, len(test), te.skipped)
     result.update(
         num_classes=len(train.classnames),

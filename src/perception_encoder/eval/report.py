@@ -1,4 +1,4 @@
-"""Evaluation results: one plain dict per run, written as JSON and shown as a rich table.
+"""Evaluation results: one plain dict per run, written as JSON; its rows for a printed table.
 
 Schema (every task)::
 
@@ -19,7 +19,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .embed import Skipped
+from ..atomic import atomic_write
+from ..embedding import Skipped
 
 
 def base_result(
@@ -66,7 +67,8 @@ def to_json(results: dict[str, Any]) -> str:
 
 
 def write_json(results: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write the results as JSON; ``"-"`` means standard output."""
+    """Write the results as JSON (through a temporary file: an earlier file is never half replaced);
+    ``"-"`` means standard output."""
     text = to_json(results) + "\n"
     if str(path) == "-":
         import sys
@@ -74,9 +76,7 @@ def write_json(results: dict[str, Any], path: str | os.PathLike) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _fmt(value: Any) -> str:
@@ -101,58 +101,25 @@ _FACTS = (
 )
 
 
-def render_table(results: dict[str, Any]):
-    """A ``rich.table.Table``: metrics in percent, then the run's facts and the sample counts."""
-    from rich.table import Table
-
-    table = Table(title=f"pe eval {results.get('task', '').replace('_', '-')}".strip(), show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in results.get("metrics", {}).items():
-        table.add_row(name, _fmt(value) + (" %" if isinstance(value, float) else ""))
-    table.add_section()
-    for key in _FACTS:
-        if key in results and results[key] is not None:
-            table.add_row(key, str(results[key]))
-    table.add_row("evaluated", f"{results.get('num_evaluated', 0)} of {results.get('num_samples', 0)}")
+def metrics_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, value) rows: metrics in percent, then the run's facts and the sample counts."""
+    rows = [
+        (name, _fmt(v) + (" %" if isinstance(v, float) else ""))
+        for name, v in results.get("metrics", {}).items()
+    ]
+    rows += [(key, str(results[key])) for key in _FACTS if key in results and results[key] is not None]
+    rows.append(("evaluated", f"{results.get('num_evaluated', 0)} of {results.get('num_samples', 0)}"))
     if results.get("num_skipped"):
-        table.add_row("skipped (unreadable)", str(results["num_skipped"]))
+        rows.append(("skipped (unreadable)", str(results["num_skipped"])))
     if "num_train" in results:
-        table.add_row("train evaluated", f"{results.get('num_train_evaluated', 0)} of {results['num_train']}")
+        rows.append(("train evaluated", f"{results.get('num_train_evaluated', 0)} of {results['num_train']}"))
         if results.get("num_train_skipped"):
-            table.add_row("train skipped (unreadable)", str(results["num_train_skipped"]))
-    return table
+            rows.append(("train skipped (unreadable)", str(results["num_train_skipped"])))
+    return rows
 
 
-def render_per_class(results: dict[str, Any]):
-    """A ``rich.table.Table`` of the per-class recalls of a classification result."""
-    from rich.table import Table
-
-    table = Table(title="recall per class", show_header=True)
-    table.add_column("class")
-    table.add_column("samples", justify="right")
-    table.add_column("recall", justify="right")
-    for row in results.get("per_class", []):
-        table.add_row(str(row["class"]), str(row["samples"]), _fmt(row["recall"]) + " %")
-    return table
-
-
-def print_report(results: dict[str, Any], console=None, max_skipped: int = 10, max_classes: int = 20) -> None:
-    """Print the table (and the per-class recalls when there are at most ``max_classes`` classes), then the
-    first ``max_skipped`` skipped files with their reasons."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    console = console or Console()
-    console.print(render_table(results))
-    if 0 < len(results.get("per_class", [])) <= max_classes:
-        console.print(render_per_class(results))
-    for note in results.get("notes", []):
-        console.print(f"note: {escape(note)}", highlight=False)
-    skipped = results.get("skipped", []) + results.get("train_skipped", [])
-    for s in skipped[:max_skipped]:
-        # loader errors usually name the file already
-        what = s["reason"] if s["path"] in s["reason"] else f"{s['path']}: {s['reason']}"
-        console.print(f"[yellow]skipped[/yellow] {escape(what)}", highlight=False)
-    if len(skipped) > max_skipped:
-        console.print(f"[yellow]... and {len(skipped) - max_skipped} more skipped files[/yellow]")
+def per_class_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(class, samples, recall) rows of a classification result."""
+    return [
+        (str(r["class"]), str(r["samples"]), _fmt(r["recall"]) + " %") for r in results.get("per_class", [])
+    ]

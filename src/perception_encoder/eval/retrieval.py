@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
+from ..embedding import require_clip
 from .data import CaptionedFiles
 from .embed import (
     Embedded,
     embed_images,
     embed_texts,
     normalized,
-    require_clip,
 )
 from .metrics import best_positive_rank, recall_at_k
 from .report import base_result

@@ -1,8 +1,9 @@
 """Video zero-shot classification and video-text retrieval (SPEC sections 5 and 10).
 
 A video is ``num_frames`` frames (8 by default) at indices ``int(i * (T - 1) / (N - 1))`` (the core
-library's ``load_video``), each through the image transform. Its embedding is the mean of the per-frame
-embeddings, **each frame embedding normalised before the mean** (``CLIP.encode_video(normalize=True)``);
+library's ``load_video``; a shorter video gives each of its frames once), each through the image
+transform. Its embedding is ``clip.pool_frames`` of the frame embeddings, **each frame embedding normalised
+before the mean** (``CLIP.encode_video(normalize=True)``);
 the scores then use the normalised mean (cosine similarity). The same video embedding serves both tasks.
 Unreadable videos are reported and skipped, like unreadable images.
 """
@@ -14,49 +15,13 @@ from typing import Any
 
 import torch
 
+from ..embedding import require_clip
 from .data import CaptionedFiles, LabeledFiles, imagenet_templates
-from .embed import Embedded, VideoLoader, embed_files, model_device, require_clip, vision_tower
+from .embed import embed_videos
 from .retrieval import DEFAULT_KS, score_retrieval
 from .zeroshot import score_zeroshot
 
 DEFAULT_NUM_FRAMES = 8
-
-
-def embed_videos(
-    model: torch.nn.Module,
-    paths: Sequence,
-    *,
-    num_frames: int = DEFAULT_NUM_FRAMES,
-    transform: Callable | None = None,
-    batch_size: int = 8,
-    num_workers: int = 0,
-    progress: bool = False,
-) -> Embedded:
-    """Video embeddings ``(M, D)``: mean of the normalised embeddings of ``num_frames`` frames per video.
-
-    ``batch_size`` counts videos (each is ``num_frames`` images in the forward pass).
-    """
-    require_clip(model, "video evaluation")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if transform is None:
-        from ..transforms import image_transform
-
-        transform = image_transform(vision_tower(model).config.image_size)
-
-    def encode(frames: torch.Tensor) -> torch.Tensor:  # (B, N, 3, H, W) -> (B, D)
-        return model.encode_video(frames, normalize=True)
-
-    return embed_files(
-        paths,
-        VideoLoader(transform, num_frames),
-        encode,
-        batch_size=batch_size,
-        device=model_device(model),
-        num_workers=num_workers,
-        progress=progress,
-        desc="videos",
-    )
 
 
 def evaluate_video_zeroshot(
@@ -73,15 +38,8 @@ def evaluate_video_zeroshot(
 ) -> dict[str, Any]:
     """Zero-shot accuracy on labelled videos (a class folder of videos or a CSV); metrics as for images."""
     templates = list(templates) if templates is not None else imagenet_templates()
-    embedded = embed_videos(
-        model,
-        data.paths,
-        num_frames=num_frames,
-        transform=transform,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-    )
+    require_clip(model, "video evaluation")
+    embedded = embed_videos(model, data.paths, num_frames, transform, batch_size, num_workers, progress)
     result = score_zeroshot(model, data, embedded, templates, tokenizer, task="video_zeroshot")
     result["num_frames"] = num_frames
     return result
@@ -100,15 +58,8 @@ def evaluate_video_retrieval(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Video-text retrieval recall@k both ways (keys ``video_to_text_recall@k``, ``text_to_video_recall@k``)."""
-    embedded = embed_videos(
-        model,
-        data.paths,
-        num_frames=num_frames,
-        transform=transform,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-    )
+    require_clip(model, "video evaluation")
+    embedded = embed_videos(model, data.paths, num_frames, transform, batch_size, num_workers, progress)
     result = score_retrieval(model, data, embedded, tokenizer, ks, task="video_retrieval")
     result["metrics"] = {
         k.replace("image_to_text", "video_to_text").replace("text_to_image", "text_to_video"): v

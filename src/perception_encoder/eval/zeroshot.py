@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
+from ..embedding import require_clip
 from ..zeroshot import zero_shot_classifier, zero_shot_logits
 from .data import LabeledFiles, imagenet_templates
 from .embed import (
     TEXT_BATCH_SIZE,
     Embedded,
     embed_images,
-    require_clip,
 )
 from .metrics import classification_metrics, predictions
 from .report import base_result, per_class_table

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..clip import pool_frames
 from ..configs import TextConfig, config_to_dict
 
 What = Literal["image", "text", "video"]
@@ -58,8 +59,8 @@ class ImageGraph(nn.Module):
 
 
 class VideoGraph(nn.Module):
-    """frames ``(B, N, 3, S, S)`` -> ``(B, D)``: the mean of the N frame embeddings (each normalised first
-    when ``normalize``, as the reference's ``encode_video``; the mean is not renormalised)."""
+    """frames ``(B, N, 3, S, S)`` -> ``(B, D)``: ``clip.pool_frames`` of the N frame embeddings, as
+    ``CLIP.encode_video``."""
 
     def __init__(self, visual: nn.Module, normalize: bool = False) -> None:
         super().__init__()
@@ -68,10 +69,7 @@ class VideoGraph(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         b, n = frames.shape[0], frames.shape[1]
-        x = self.visual(frames.flatten(0, 1))
-        if self.normalize:
-            x = F.normalize(x, dim=-1)
-        return x.reshape(b, n, -1).mean(dim=1)
+        return pool_frames(self.visual(frames.flatten(0, 1)).reshape(b, n, -1), self.normalize)
 
 
 class TextGraph(nn.Module):
@@ -239,19 +237,27 @@ def export_onnx(
         for key, value in _metadata(model, what, size, normalize, name).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
-        _remove_stale(path)
+        # written in full beside the target first, then renamed over it: a failed export (a full disk)
+        # leaves an earlier graph at ``path`` intact
+        staged = Path(tmp) / path.name
         if external:
             onnx.save_model(
                 proto,
-                str(path),
+                str(staged),
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
                 location=path.name + ".data",
                 size_threshold=1024,
             )
         else:
-            onnx.save_model(proto, str(path))
+            onnx.save_model(proto, str(staged))
         del proto
+        data = path.with_name(path.name + ".data")
+        if external:
+            os.replace(staged.with_name(staged.name + ".data"), data)
+        os.replace(staged, path)
+        if not external and data.is_file():
+            data.unlink()  # an earlier export's weights, which the new graph does not use
         shutil.rmtree(tmp, ignore_errors=True)
     if check:
         err = check_onnx(model, path, what=what, image_size=size, normalize=normalize)
@@ -260,13 +266,6 @@ def export_onnx(
                 f"{path}: onnxruntime differs from PyTorch by {err:.2e} relative (> {CHECK_TOLERANCE})"
             )
     return path
-
-
-def _remove_stale(path: Path) -> None:
-    """Remove an earlier export at ``path`` (and its data file), so no orphaned data file is left."""
-    for p in (path, path.with_name(path.name + ".data")):
-        if p.is_file():
-            p.unlink()
 
 
 # --- check -----------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ thread-safe).
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from ..configs import TextConfig, VisionConfig, config_from_dict
+from ..finite import check_finite
+from ..input_files import parse_json
 
 
 def _tower_config(data: dict) -> VisionConfig | TextConfig:
@@ -65,7 +67,7 @@ class OnnxEncoder:
         if "pe_what" not in meta:
             raise ValueError(f"{self.path} was not written by perception_encoder's export_onnx (no pe_what)")
         self.what: str = meta["pe_what"]
-        self.config = _tower_config(json.loads(meta["pe_config"]))
+        self.config = _tower_config(parse_json(meta["pe_config"], f"{self.path}: pe_config metadata"))
         self.normalize = meta.get("pe_normalize", "0") == "1"
         self.output_dim = int(meta.get("pe_output_dim", 0)) or None
         self.image_size = int(meta["pe_image_size"]) if "pe_image_size" in meta else None
@@ -144,7 +146,29 @@ class OnnxEncoder:
             ids = ids[:, : int(ids.argmax(axis=1).max()) + 1]
         return self.run(ids)
 
-    # --- facts used by the embedding pipeline ---------------------------------------------------------------
+    # --- the embedding pipeline's Encoder protocol ----------------------------------------------------------
+
+    def features(self, spec: Any = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """pixels ``(B, 3, S, S)`` -> ``(B, D)`` float32 (``embedding.Encoder``): the graph's embedding, or
+        the mean output patch token of a token model. Only an image graph and the pooled features
+        (``FeatureSpec()``) apply: an exported graph has no intermediate layers."""
+        if self.what != "image":
+            raise ValueError(
+                f"{self.path.name} encodes {self.what}s; image and video embedding needs an image graph "
+                "(pe export onnx --what image); videos are embedded frame by frame with it"
+            )
+        if spec is not None and not spec.is_pooled:
+            raise ValueError(
+                "--layer needs the torch backend: an exported graph only gives the final embedding"
+            )
+        prefix = int(self.config.use_cls_token)
+
+        def encode(pixels: torch.Tensor) -> torch.Tensor:
+            out = self.encode_image(pixels)
+            out = out[:, prefix:].mean(dim=1) if out.ndim == 3 else out  # token models: mean patch token
+            return check_finite(out, f"a batch of {len(pixels)} image(s) in {self.path.name}")
+
+        return encode
 
     @property
     def vision_config(self) -> VisionConfig | None:

@@ -63,9 +63,9 @@ class VideoItem:
     """A video: a file path, a folder of frame images, a sequence of frames (paths / PIL / uint8 arrays), or
     a uint8 array/tensor ``(T, H, W, 3)`` or ``(T, 3, H, W)``; ``max_frames`` overrides the processor's limit.
 
-    A video file is decoded to ``max_frames`` frames spread uniformly (``video.load_video``; a file with
-    fewer frames repeats some). Frames given directly are all kept when they fit, else ``max_frames`` are
-    picked by ``video_frame_indices``."""
+    Frames are kept by PerceptionLM's rule (``video_frame_indices``): for a file, candidates one second
+    apart, at most ``max_frames`` of them, never a repeat; frames given directly are all kept when they
+    fit, else ``max_frames`` uniformly spread ones."""
 
     frames: Any
     max_frames: int | None = None
@@ -99,15 +99,35 @@ class VLMBatch(dict):
         return out
 
 
-def video_frame_indices(total_frames: int, max_frames: int) -> list[int]:
-    """Which of ``total_frames`` frames a video keeps: all of them when they fit, else ``max_frames``
-    uniformly spread, ``round(i * (T - 1) / (N - 1))`` (PerceptionLM's sampler; first and last kept)."""
-    if total_frames <= max_frames:
-        return list(range(total_frames))
-    if max_frames == 1:
-        return [(total_frames - 1) // 2]
-    stride = (total_frames - 1) / (max_frames - 1)
-    return [int(round(i * stride)) for i in range(max_frames)]
+def _uniform(m: int, n: int) -> list[int]:
+    """``n`` of ``m`` positions at ``round(i * (m - 1) / (n - 1))`` (first and last kept; Python's rounding)."""
+    stride = (m - 1) / (n - 1) if n > 1 else 0
+    return [int(round(i * stride)) for i in range(n)]
+
+
+def video_frame_indices(
+    total_frames: int, max_frames: int, fps: float | None = None, sampling_fps: float = 1.0
+) -> list[int]:
+    """Which of ``total_frames`` frames a video keeps, by PerceptionLM's own loader's rule:
+
+    candidates every ``round(fps / sampling_fps)`` frames from the first frame to the last (every frame
+    when ``fps`` is unknown, e.g. frames given as images); more candidates than ``max_frames`` ->
+    ``max_frames`` of them, uniformly at ``round(i * (m - 1) / (n - 1))``; fewer -> that same uniform rule
+    over all frames, with ``min(total_frames, max_frames)`` frames (never a repeat); as many -> all of them.
+    """
+    if isinstance(total_frames, bool) or not isinstance(total_frames, int) or total_frames < 1:
+        raise ValueError(f"total_frames must be a positive int, got {total_frames!r}")
+    if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
+        raise ValueError(f"max_frames must be a positive int, got {max_frames!r}")
+    if not sampling_fps > 0:
+        raise ValueError(f"sampling_fps must be positive, got {sampling_fps!r}")
+    stride = max(1, int(round(fps / sampling_fps))) if fps else 1
+    candidates = list(range(0, total_frames, stride))
+    if len(candidates) > max_frames:
+        return [candidates[i] for i in _uniform(len(candidates), max_frames)]
+    if len(candidates) < max_frames:
+        return _uniform(total_frames, min(total_frames, max_frames))
+    return candidates
 
 
 def ensure_special_tokens(tokenizer: Any, tokens: Iterable[str]) -> list[int]:
@@ -234,12 +254,14 @@ class VLMProcessor:
     def _frames(self, video: Any, max_frames: int) -> list[Image.Image]:
         """The kept frames of a video as RGB PIL images."""
         if isinstance(video, (str, os.PathLike)):
-            from ..video import list_frame_files, load_video
+            from ..video import list_frame_files, load_frames, video_info
 
-            # a folder of frame images, or a video file decoded to max_frames uniformly spread frames
-            video = (
-                list_frame_files(video) if os.path.isdir(video) else load_video(video, num_frames=max_frames)
-            )
+            if os.path.isdir(video):
+                video = list_frame_files(video)  # a folder of frame images
+            else:  # a video file: only the frames PerceptionLM's rule keeps are decoded
+                fps = video_info(video).fps
+                frames = load_frames(video, lambda total: video_frame_indices(total, max_frames, fps))
+                return [as_rgb_image(f.numpy()) for f in frames]
         if isinstance(video, np.ndarray):
             video = torch.from_numpy(video)
         if isinstance(video, torch.Tensor):
