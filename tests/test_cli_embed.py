@@ -106,6 +106,26 @@ def test_embed_video_is_mean_of_frames(model_file, tmp_path):
     assert emb.shape == (1, 16)
     np.testing.assert_allclose(emb[0], want.numpy(), rtol=1e-4, atol=1e-5)
 
+    # one rule: --normalize gives normalize(encode_video(frames, normalize=True)), without it encode_video
+    pixels = torch.stack([tf(f.numpy()) for f in frames])[None]
+    for flag, want in [
+        ("--normalize", torch.nn.functional.normalize(model.encode_video(pixels, normalize=True), dim=-1)),
+        ("--no-normalize", model.encode_video(pixels)),
+    ]:
+        result = _run("embed", video, "--out", out, "--model", path, "--frames", 4, flag)
+        assert result.exit_code == 0, result.output
+        np.testing.assert_allclose(np.load(out)[0], want[0].detach().numpy(), rtol=1e-4, atol=1e-5)
+
+    # a 12-frame video asked for 200 frames: its 12 frames, each once
+    result = _run("embed", video, "--out", out, "--model", path, "--frames", 200)
+    assert result.exit_code == 0, result.output
+    every = torch.stack([tf(f.numpy()) for f in load_video(video, num_frames=None)])
+    assert len(every) == 12
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            np.load(out)[0], model.encode_image(every).mean(0).numpy(), rtol=1e-4, atol=1e-5
+        )
+
 
 def test_embed_errors(model_file, images, tmp_path):
     path, _ = model_file

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import tiny_clip_config
+from perception_encoder.cli.main import main
 from perception_encoder.configs import config_to_dict
 from perception_encoder.errors import CheckpointError
 from perception_encoder.train import checkpoint, train
@@ -209,3 +210,43 @@ def test_next_run_removes_temporary_files_of_an_interrupted_save(tmp_path):
     assert not names & set(leftovers)
     assert set(keep) <= names
     assert remove_stale_temp_files(tmp_path / "no-such-run") == 0
+
+
+def test_resuming_a_checkpoint_of_another_model_is_one_clear_error(tmp_path):
+    out = tmp_path / "run"
+    train(_config(out))
+    other = config_to_dict(tiny_clip_config(depth=3))
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--model-config",
+            _write_json(tmp_path / "m.json", other),
+            "--data",
+            "synthetic:16",
+            "--steps",
+            "3",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+            "--resume",
+            "auto",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "does not fit the configured model" in errors[0], result.output
+    assert "missing key" in errors[0] and "Traceback" not in result.output
+
+
+def _write_json(path: Path, data: dict) -> str:
+    import json
+
+    path.write_text(json.dumps(data))
+    return str(path)

@@ -462,3 +462,54 @@ def test_alignment_rejects_bad_arguments():
         train_projector(model, color_pairs(), steps=1, prompt="no image here")
     with pytest.raises(ValueError, match="empty"):
         train_projector(model, [], steps=1)
+
+
+def test_video_frame_indices_follow_perception_lms_loader():
+    """Candidates every round(fps / 1) frames; more than max -> max of them at round(i * (m-1) / (n-1));
+    fewer -> that rule over all frames with min(T, max) frames (never a repeat); as many -> all."""
+    from perception_encoder.vlm.processor import video_frame_indices
+
+    # 10 s at 30 fps: 10 candidates < 32 -> 32 of the 300 frames, rounded to nearest (2.5 -> 2, as Python)
+    got = video_frame_indices(300, 32, fps=30)
+    assert len(got) == 32 and got[:4] == [0, 10, 19, 29] and got[-1] == 299 and len(set(got)) == 32
+    # 100 s at 30 fps: 100 candidates > 32 -> 32 of the candidates
+    got = video_frame_indices(3000, 32, fps=30)
+    assert all(i % 30 == 0 for i in got) and got[0] == 0 and got[-1] == 2970 and len(got) == 32
+    assert got[:3] == [0, 90, 180]  # candidates 0, 3 (round(3.19)), 6 (round(6.39))
+    # exactly 32 candidates: all of them
+    assert video_frame_indices(960, 32, fps=30) == list(range(0, 960, 30))
+    # a clip shorter than max_frames: each frame once, no repeats
+    assert video_frame_indices(5, 32, fps=30) == [0, 1, 2, 3, 4]
+    # round half to even, as Python's round: stride 2.5 -> 0, 2, 5
+    assert video_frame_indices(6, 3) == [0, 2, 5]
+    # frames given without a rate: every frame is a candidate
+    assert video_frame_indices(40, 32) == [round(i * 39 / 31) for i in range(32)]
+    assert video_frame_indices(1, 32, fps=25.0) == [0]
+    assert video_frame_indices(100, 4, fps=0.4) == [0, 33, 66, 99]  # a rate below 1 fps: stride 1
+    for bad in [(0, 4), (4, 0), (True, 4)]:
+        with pytest.raises(ValueError):
+            video_frame_indices(*bad)
+
+
+def test_video_files_are_sampled_one_candidate_per_second(tmp_path):
+    av = pytest.importorskip("av")
+    from perception_encoder.video import load_frames, video_info
+    from perception_encoder.vlm.processor import video_frame_indices
+
+    path = tmp_path / "clip.mp4"  # 30 frames at 10 fps: frame i has grey level 8 * i
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        if stream.codec_context.name == "libx264":
+            stream.options = {"crf": "0"}
+        for i in range(30):
+            frame = np.full((32, 32, 3), 8 * i, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    info = video_info(path)
+    assert (info.frames, info.fps) == (30, 10.0)
+    for max_frames, want in [(2, [0, 20]), (3, [0, 10, 20]), (4, [0, 10, 19, 29]), (32, list(range(30)))]:
+        frames = load_frames(path, lambda total, m=max_frames: video_frame_indices(total, m, info.fps))
+        assert [round(float(f[..., 0].float().mean()) / 8) for f in frames] == want, max_frames

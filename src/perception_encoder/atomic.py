@@ -46,19 +46,18 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     p = Path(path)
     if p.name in ("", ".", ".."):
         raise OutputError(f"{what} {str(p)!r} is not a file name")
-    if p.is_dir():
-        raise OutputError(f"{what} {str(p)!r} is a folder; give a file name")
-    for parent in [p.parent, *p.parent.parents]:
-        if parent.exists() and not parent.is_dir():
+    for parent in reversed([p.parent, *p.parent.parents]):
+        if os.path.exists(parent) and not os.path.isdir(parent):
             raise OutputError(f"cannot write {what} {str(p)!r}: {str(parent)!r} is a file, not a folder")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot make the folder of {what} {str(p)!r}: {_explain(e)}") from e
-    if len(os.fsencode(p.name)) > _name_max(p.parent):
-        raise OutputError(
-            f"cannot write {what}: the file name is too long ({len(os.fsencode(p.name))} bytes)"
-        )
+    size = len(os.fsencode(p.name))
+    if size > _name_max(p.parent):
+        raise OutputError(f"cannot write {what}: the file name is too long ({size} bytes)")
+    if os.path.isdir(p):  # after the length check: a stat of a name that long fails
+        raise OutputError(f"{what} {str(p)!r} is a folder; give a file name")
     try:
         fd, probe = tempfile.mkstemp(dir=p.parent, prefix=".pe-write-check.", suffix=TEMP_SUFFIX)
         os.close(fd)

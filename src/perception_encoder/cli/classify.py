@@ -17,7 +17,6 @@ from .options import (
     progress_option,
     require_clip,
     show_progress,
-    user_errors,
     workers_option,
 )
 from .output import print_table, report_notes, report_skipped
@@ -92,17 +91,16 @@ def command(
         raise click.ClickException("no image or video files found in " + ", ".join(paths))
     model = load_model(model_name, checkpoint, device, dtype)
     require_clip(model, "classify")
-    with user_errors():
-        classifier = zero_shot_classifier(model, names, templates or ("{}",))
-        result = embed_paths(
-            model,
-            inputs.files,
-            batch_size=batch_size,
-            num_frames=frames,
-            high_bit_depth=high_bit_depth,
-            num_workers=workers,
-            progress=show_progress(progress),
-        )
+    classifier = zero_shot_classifier(model, names, templates or ("{}",))
+    result = embed_paths(
+        model,
+        inputs.files,
+        batch_size=batch_size,
+        num_frames=frames,
+        high_bit_depth=high_bit_depth,
+        num_workers=workers,
+        progress=show_progress(progress),
+    )
     report_notes(result.notes)
     report_skipped(result.skipped)
     if not result.paths:

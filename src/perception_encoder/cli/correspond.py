@@ -12,7 +12,6 @@ from .options import (
     model_options,
     open_rgb,
     out_option,
-    user_errors,
 )
 from .output import wrote
 
@@ -40,10 +39,9 @@ def command(
 
     pil1, pil2 = open_rgb(image1), open_rgb(image2)
     model = load_model(model_name, checkpoint, device, dtype, vision_only=True)
-    with user_errors():
-        matches = match_images(
-            model, pil1, pil2, layer=layer, image_size=image_size, topk=topk, mutual=not one_way
-        )
-        path = save_png(correspondence_figure(pil1, pil2, matches), out)
+    matches = match_images(
+        model, pil1, pil2, layer=layer, image_size=image_size, topk=topk, mutual=not one_way
+    )
+    path = save_png(correspondence_figure(pil1, pil2, matches), out)
     best = f", best similarity {matches.scores[0]:.3f}" if len(matches) else ""
     wrote(path, f"{len(matches)} correspondences{best}")

@@ -12,7 +12,6 @@ from .options import (
     model_options,
     open_rgb,
     out_option,
-    user_errors,
 )
 from .output import wrote
 
@@ -32,8 +31,7 @@ def command(image, model_name, checkpoint, device, dtype, layer, image_size, nor
 
     pil = open_rgb(image)
     model = load_model(model_name, checkpoint, device, dtype, vision_only=True)
-    with user_errors():
-        feats = patch_features(model, pil, layer=layer, image_size=image_size, norm=norm)
-        path = save_features(feats, out)
+    feats = patch_features(model, pil, layer=layer, image_size=image_size, norm=norm)
+    path = save_features(feats, out)
     h, w, c = feats.shape
     wrote(path, f"features {h}x{w}x{c} (layer {layer})")

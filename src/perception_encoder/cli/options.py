@@ -52,8 +52,9 @@ def user_errors() -> Iterator[None]:
     except (ValueError, TypeError, IndexError, KeyError, OSError, ImportError, RuntimeError) as exc:
         if os.environ.get("PE_DEBUG", "").strip() not in ("", "0"):
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        raise click.ClickException(str(message).strip() or type(exc).__name__) from exc
+        message = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        raise click.ClickException("; ".join(lines) or type(exc).__name__) from exc  # one line
 
 
 # --- the model ----------------------------------------------------------------------------------------------
@@ -142,8 +143,10 @@ def require_clip(model: Any, command: str) -> None:
     """A one-line error when ``pe <command>`` gets a model without a text tower."""
     from ..embedding import require_clip as check
 
-    with user_errors():
+    try:
         check(model, f"`pe {command}`")
+    except TypeError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # --- inputs and batching --------------------------------------------------------------------------------
@@ -284,8 +287,7 @@ def check_output_file(path: str, what: str = "output") -> None:
     """Before the work: the output can be written (folder made, writable, name not too long)."""
     from ..atomic import check_writable
 
-    with user_errors():
-        check_writable(path, what)
+    check_writable(path, what)
 
 
 # --- the dense-feature commands' inputs ---------------------------------------------------------------------
@@ -309,9 +311,8 @@ class PointType(click.ParamType):
 
 
 def open_rgb(path: str | os.PathLike):
-    """An image file as an RGB PIL image (``transforms.to_rgb``); unreadable files are a one-line error."""
+    """An image file as an RGB PIL image (``transforms.to_rgb``); ``ImageLoadError`` names a bad file."""
     from ..images import load_image
     from ..transforms import to_rgb
 
-    with user_errors():
-        return to_rgb(load_image(path))
+    return to_rgb(load_image(path))

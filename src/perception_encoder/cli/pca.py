@@ -12,7 +12,6 @@ from .options import (
     model_options,
     open_rgb,
     out_option,
-    user_errors,
 )
 from .output import wrote
 
@@ -53,8 +52,7 @@ def command(
 
     pil = open_rgb(image)
     model = load_model(model_name, checkpoint, device, dtype, vision_only=True)
-    with user_errors():
-        feats = patch_features(model, pil, layer=layer, image_size=image_size)
-        rgb = pca_rgb(feats, foreground_threshold=foreground, invert_foreground=invert_foreground)
-        path = save_png(pca_figure(pil, rgb, resample="bilinear" if smooth else "nearest"), out)
+    feats = patch_features(model, pil, layer=layer, image_size=image_size)
+    rgb = pca_rgb(feats, foreground_threshold=foreground, invert_foreground=invert_foreground)
+    path = save_png(pca_figure(pil, rgb, resample="bilinear" if smooth else "nearest"), out)
     wrote(path, f"PCA picture ({rgb.shape[0]}x{rgb.shape[1]} patches, layer {layer})")

@@ -14,7 +14,6 @@ from .options import (
     open_rgb,
     out_option,
     require_clip,
-    user_errors,
 )
 from .output import wrote
 
@@ -54,12 +53,11 @@ def command(
             param_hint="--point",
         )
     model = load_model(model_name, checkpoint, device, dtype, vision_only=text is None)
-    with user_errors():
-        if text is not None:
-            require_clip(model, "similarity --text")
-            sim = text_similarity(model, pil, text, image_size=image_size, mode=mode)
-        else:
-            sim, _ = point_similarity(model, pil, point, layer=layer, image_size=image_size)
-        path = save_png(similarity_figure(pil, sim, point=point, alpha=alpha), out)
+    if text is not None:
+        require_clip(model, "similarity --text")
+        sim = text_similarity(model, pil, text, image_size=image_size, mode=mode)
+    else:
+        sim, _ = point_similarity(model, pil, point, layer=layer, image_size=image_size)
+    path = save_png(similarity_figure(pil, sim, point=point, alpha=alpha), out)
     query = f"text {text!r}" if text is not None else f"point ({point[0]:g}, {point[1]:g})"
     wrote(path, f"similarity to {query}: min {sim.min():.3f}, max {sim.max():.3f}")

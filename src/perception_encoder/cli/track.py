@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .options import IMAGE_PATH, image_size_option, layer_option, load_model, model_options, user_errors
+from .options import IMAGE_PATH, image_size_option, layer_option, load_model, model_options
 
 
 class MaskFile:
@@ -24,8 +24,7 @@ class MaskFile:
 
         from ..images import load_image
 
-        with user_errors():
-            img = load_image(path)
+        img = load_image(path)
         self.palette: list[int] | None = None
         if img.mode == "P":
             self.ids = np.array(img)
@@ -150,14 +149,13 @@ def command(
 
     first = MaskFile(mask)
     src = Path(source)
-    with user_errors():
-        if src.is_dir():
-            files = list_frame_files(src)
-            names = [f.stem for f in files]
-            frames = iter(files)
-        else:
-            names = None
-            frames = iter_frames(src)
+    if src.is_dir():
+        files = list_frame_files(src)
+        names = [f.stem for f in files]
+        frames = iter(files)
+    else:
+        names = None
+        frames = iter_frames(src)
     frames = itertools.islice(frames, max_frames)
     model = load_model(model_name, checkpoint, device, dtype, vision_only=True)
 
@@ -176,23 +174,22 @@ def command(
 
     colors = first.colors()
     count = 0
-    with user_errors():
-        masks = iter_propagate_masks(
-            model,
-            stash(),
-            first.ids,
-            layer=layer,
-            image_size=image_size,
-            topk=topk,
-            temperature=temperature,
-            context_frames=context,
-            radius=radius,
-        )
-        for i, m in enumerate(masks):
-            name = names[i] if names else f"{i:05d}"
-            arr = m.numpy()
-            first.to_image(arr).save(out_dir / f"{name}.png")
-            if overlay:
-                _overlay(pending.pop(i), arr, colors).save(out_dir / "overlay" / f"{name}.png")
-            count += 1
+    masks = iter_propagate_masks(
+        model,
+        stash(),
+        first.ids,
+        layer=layer,
+        image_size=image_size,
+        topk=topk,
+        temperature=temperature,
+        context_frames=context,
+        radius=radius,
+    )
+    for i, m in enumerate(masks):
+        name = names[i] if names else f"{i:05d}"
+        arr = m.numpy()
+        first.to_image(arr).save(out_dir / f"{name}.png")
+        if overlay:
+            _overlay(pending.pop(i), arr, colors).save(out_dir / "overlay" / f"{name}.png")
+        count += 1
     click.echo(f"wrote {count} masks to {out_dir}")

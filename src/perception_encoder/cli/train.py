@@ -12,6 +12,9 @@ from typing import Any
 
 import click
 
+from ..input_files import parse_json, read_text
+from ..limits import MAX_BATCH_SIZE, MAX_FRAMES
+
 
 def _overrides(**flags: Any) -> dict[str, Any]:
     """Map given flags (None = not given) to dotted config keys."""
@@ -59,8 +62,8 @@ def _overrides(**flags: Any) -> dict[str, Any]:
     if flags.get("freeze"):
         out["freeze"] = list(flags["freeze"])
     if flags.get("model_config"):
-        with open(flags["model_config"]) as f:
-            out["model_config"] = json.load(f)
+        path = flags["model_config"]
+        out["model_config"] = parse_json(read_text(path, "model config"), f"model config {path}")
         out["model"] = None
     elif flags.get("model"):
         out["model_config"] = None  # a --model flag replaces the file's model, in either form
@@ -91,7 +94,7 @@ Examples:
 @click.option(
     "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="Run config JSON."
 )
-@click.option("--model", help="Registered model name (pe models) or a model config JSON file.")
+@click.option("--model", "-m", help="Registered model name (pe models) or a model config JSON file.")
 @click.option("--model-config", type=click.Path(exists=True, dir_okay=False), help="Custom CLIPConfig JSON.")
 @click.option("--init", help="Weights to fine-tune from: a checkpoint path or a registered name.")
 @click.option("--data", help="Folder, .csv/.tsv/.parquet table, tar shards, or synthetic[:N].")
@@ -99,13 +102,20 @@ Examples:
 @click.option("--path-column", help="Table column holding image/video paths.")
 @click.option("--caption-column", help="Table column holding captions.")
 @click.option(
-    "--frames", type=int, help="Video fine-tuning: frames per clip (paths are videos/frame folders)."
+    "--frames",
+    type=click.IntRange(1, MAX_FRAMES),
+    help="Video fine-tuning: frames per clip (paths are videos/frame folders).",
 )
-@click.option("--workers", type=int, help="Data-loader worker processes.")
+@click.option("--workers", "-w", type=click.IntRange(0, 256), help="Data-loader worker processes.")
 @click.option("--steps", type=int, help="Optimiser steps (one stage at --image-size).")
 @click.option("--image-size", type=int, help="Training resolution (default: the model's native size).")
 @click.option("--stages", help="Progressive resolution, SIZE:STEPS,... e.g. 98:1000,154:1000,224:500.")
-@click.option("--batch-size", type=int, help="Global micro-batch size (all processes together).")
+@click.option(
+    "--batch-size",
+    "-b",
+    type=click.IntRange(1, MAX_BATCH_SIZE),
+    help="Global micro-batch size (all processes together).",
+)
 @click.option("--accum", type=int, help="Micro-batches per optimiser step (gradient accumulation).")
 @click.option("--lr", type=float, help="Peak learning rate (LAMB default 2e-3).")
 @click.option("--optimizer", type=click.Choice(["lamb", "adamw"]))
@@ -124,9 +134,9 @@ Examples:
 )
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="bf16/fp16: autocast.")
 @click.option("--grad-checkpointing/--no-grad-checkpointing", default=None, help="Activation checkpointing.")
-@click.option("--device", help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--device", help="Torch device: auto (cuda when available), cpu, cuda:1, ... [default: auto]")
 @click.option("--seed", type=int)
-@click.option("--out", help="Run folder: checkpoints, metrics.csv, model.safetensors.")
+@click.option("--out", "-o", help="Run folder: checkpoints, metrics.csv, model.safetensors.")
 @click.option("--resume", help="A training checkpoint, or 'auto' (the run folder's last one, if any).")
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints.")
 @click.option("--log-every", type=int, help="Steps between metrics rows.")
@@ -154,10 +164,7 @@ def command(config_path: str | None, print_config: bool, threads: int | None, **
         import torch
 
         torch.set_num_threads(max(1, threads))
-    try:
-        result = train(config)
-    except (ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
+    result = train(config)  # errors become one-line messages in cli.main
     if result.rank != 0:
         return  # under torchrun, rank 0 reports
     summary = {

@@ -91,9 +91,10 @@ def _open_clip(path: Path, frames: int, where: str) -> list[Image.Image]:
         if path.is_dir():
             files = video.list_frame_files(path)
             return [
-                load_image(files[i]).convert("RGB") for i in video.sample_frame_indices(len(files), frames)
+                load_image(files[i]).convert("RGB")
+                for i in video.sample_frame_indices(len(files), frames, repeat=True)
             ]
-        array = video.load_video(path, frames)  # uint8 (N, H, W, 3)
+        array = video.load_video(path, frames, repeat=True)  # uint8 (N, H, W, 3): clips of one size
         return [Image.fromarray(f.numpy(), "RGB") for f in array]
     except (ValueError, OSError, ImportError) as e:
         raise BadSampleError(f"{where}: {e}") from None

@@ -21,7 +21,6 @@ steps above, in the order they run (which fixes the RNG streams and the order of
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import random
@@ -39,6 +38,8 @@ from torch.utils.data import DataLoader
 
 from ..clip import CLIP
 from ..configs import CLIPConfig, config_from_dict, get_model_info
+from ..input_files import parse_json, read_text
+from ..weights.strict import check_state_dict
 from .augment import TrainTransform
 from .checkpoint import (
     Position,
@@ -99,9 +100,8 @@ class ContrastiveForward(nn.Module):
         self, pixels: torch.Tensor, token_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if pixels.ndim == 5:
-            b, n = pixels.shape[:2]
-            frames = self.model.encode_image(pixels.flatten(0, 1), normalize=True)
-            img = F.normalize(frames.view(b, n, -1).mean(dim=1), dim=-1)
+            # the library's one video rule (encode_video(normalize=True)), renormalised for the loss
+            img = F.normalize(self.model.encode_video(pixels, normalize=True), dim=-1)
         else:
             img = self.model.encode_image(pixels, normalize=True)
         txt = self.model.encode_text(token_ids, normalize=True)
@@ -118,7 +118,7 @@ def resolve_model_config(config: TrainConfig) -> CLIPConfig | None:
     elif config.model is not None:
         path = Path(config.model)
         if path.suffix.lower() == ".json" and path.is_file():
-            data = json.loads(path.read_text())
+            data = parse_json(read_text(path, "model config"), f"model config {path}")
             cfg = config_from_dict(data.get("model_config", data) if isinstance(data, dict) else data)
         else:
             cfg = get_model_info(config.model).config
@@ -250,6 +250,11 @@ def _resume(
     if path is None:
         return Position()
     state = load_training_state(path)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    # a checkpoint of another model: one message naming the keys and the model it fits
+    check_state_dict(
+        expected, state["model"], target_config=model.config, target="the configured model", source=str(path)
+    )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
