@@ -282,14 +282,15 @@ def test_fine_tune_from_a_saved_checkpoint(tmp_path):
 
 
 def test_cli_flags_override_the_config_file(tmp_path):
-    from perception_encoder.cli.train import command
+    from perception_encoder.cli.main import main
 
     run = _config(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps(run))
     runner = CliRunner()
     res = runner.invoke(
-        command,
+        main,
         [
+            "train",
             "--config",
             str(tmp_path / "run.json"),
             "--lr",
@@ -308,12 +309,13 @@ def test_cli_flags_override_the_config_file(tmp_path):
     assert printed["freeze"] == ["visual."]
     assert printed["stages"] == [{"image_size": 16, "steps": 1}, {"image_size": 32, "steps": 1}]
     res = runner.invoke(
-        command, ["--config", str(tmp_path / "run.json"), "--steps", "1", "--out", str(tmp_path / "cli")]
+        main,
+        ["train", "--config", str(tmp_path / "run.json"), "--steps", "1", "--out", str(tmp_path / "cli")],
     )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output[res.output.index("{") :])
     assert summary["step"] == 1 and (tmp_path / "cli" / "model.safetensors").is_file()
-    bad = runner.invoke(command, ["--config", str(tmp_path / "run.json"), "--data", "nothing.xyz"])
+    bad = runner.invoke(main, ["train", "--config", str(tmp_path / "run.json"), "--data", "nothing.xyz"])
     assert bad.exit_code != 0 and "cannot tell" in bad.output
 
 

@@ -86,10 +86,16 @@ def test_planted_checkpoint_with_code_is_refused_and_not_run(tmp_path):
         train(_config(tmp_path / "other", resume=str(last)))
     assert not marker.exists()
     # the CLI turns it into a one-line error
-    from perception_encoder.cli.train import command
-
-    args = ["--model-config", str(_model_config_file(tmp_path)), "--data", "synthetic:16", "--steps", "1"]
-    res = CliRunner().invoke(command, [*args, "--out", str(out), "--resume", str(last), "--no-progress"])
+    args = [
+        "train",
+        "--model-config",
+        str(_model_config_file(tmp_path)),
+        "--data",
+        "synthetic:16",
+        "--steps",
+        "1",
+    ]
+    res = CliRunner().invoke(main, [*args, "--out", str(out), "--resume", str(last), "--no-progress"])
     assert res.exit_code == 1 and not marker.exists()
     assert res.output.startswith("Error: training checkpoint") and res.output.count("\n") == 1, res.output
 
