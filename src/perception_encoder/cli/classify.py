@@ -8,6 +8,8 @@ import click
 
 from .options import (
     batch_size_option,
+    check_embedded,
+    find_inputs,
     frames_option,
     high_bit_depth_option,
     json_option,
@@ -19,7 +21,7 @@ from .options import (
     show_progress,
     workers_option,
 )
-from .output import print_table, report_notes, report_skipped
+from .output import print_table
 
 
 def split_labels(labels: str) -> list[str]:
@@ -76,7 +78,7 @@ def command(
     as_json,
 ):
     """Zero-shot classify images, folders and videos; unreadable or missing files are reported and skipped."""
-    from ..embedding import embed_paths, expand_inputs
+    from ..embedding import embed_paths
     from ..zeroshot import check_template, zero_shot_classifier, zero_shot_probs
 
     names = split_labels(labels)
@@ -85,10 +87,7 @@ def command(
             check_template(t)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--template") from None
-    inputs = expand_inputs(paths)
-    report_skipped(inputs.skipped)
-    if not inputs.files:
-        raise click.ClickException("no image or video files found in " + ", ".join(paths))
+    inputs = find_inputs(paths)
     model = load_model(model_name, checkpoint, device, dtype)
     require_clip(model, "classify")
     classifier = zero_shot_classifier(model, names, templates or ("{}",))
@@ -101,10 +100,8 @@ def command(
         num_workers=workers,
         progress=show_progress(progress),
     )
-    report_notes(result.notes)
-    report_skipped(result.skipped)
-    if not result.paths:
-        raise click.ClickException(f"none of the {len(inputs.files)} files could be read")
+    total = len(inputs.files) + len(inputs.skipped)
+    check_embedded(result, total)
     probs = zero_shot_probs(result.embeddings, classifier)
     if as_json:
         rows = [

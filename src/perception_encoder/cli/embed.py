@@ -9,7 +9,9 @@ import click
 
 from .options import (
     batch_size_option,
+    check_embedded,
     feature_spec,
+    find_inputs,
     frames_option,
     high_bit_depth_option,
     image_size_option,
@@ -24,7 +26,6 @@ from .options import (
     show_progress,
     workers_option,
 )
-from .output import report_notes, report_skipped
 
 
 @click.command("embed")
@@ -85,7 +86,7 @@ def command(
     (\\n, \\\\, \\xNN), so every row keeps its name. A video row is the mean of its frame embeddings
     (each frame normalised first with --normalize, and the mean normalised too).
     """
-    from ..embedding import check_output, embed_paths, expand_inputs, save_embeddings
+    from ..embedding import check_output, embed_paths, save_embeddings
 
     spec = feature_spec(layer, pool)
     if onnx_path and backend != "onnxruntime":
@@ -95,10 +96,7 @@ def command(
             "the onnxruntime backend runs float32 on the CPU: drop --dtype / --device", param_hint="--backend"
         )
     check_output(out)  # before the work: a place that cannot be written fails now, not after an hour
-    inputs = expand_inputs(paths)
-    report_skipped(inputs.skipped)
-    if not inputs.files:
-        raise click.ClickException("no image or video files found in " + ", ".join(paths))
+    inputs = find_inputs(paths)
     with tempfile.TemporaryDirectory(prefix="pe-embed-") as tmp:
         if backend == "onnxruntime":
             model = _onnx_encoder(onnx_path, model_name, checkpoint, Path(tmp))
@@ -116,12 +114,9 @@ def command(
             num_workers=workers,
             progress=show_progress(progress),
         )
-    report_notes(result.notes)
-    report_skipped(result.skipped)
-    if not result.paths:
-        raise click.ClickException(f"none of the {len(inputs.files)} files could be embedded")
-    written = save_embeddings(result.embeddings, result.paths, out)
     total = len(inputs.files) + len(inputs.skipped)
+    check_embedded(result, total)
+    written = save_embeddings(result.embeddings, result.paths, out)
     click.echo(
         f"embedded {len(result.paths)} of {total} files, dim {result.embeddings.shape[1]} -> "
         + ", ".join(map(str, written))

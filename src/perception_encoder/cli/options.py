@@ -316,3 +316,29 @@ def open_rgb(path: str | os.PathLike):
     from ..transforms import to_rgb
 
     return to_rgb(load_image(path))
+
+
+# --- files in, embeddings out ---------------------------------------------------------------------------
+
+
+def find_inputs(paths: Sequence[str]) -> Any:
+    """The ``embedding.Inputs`` of ``paths`` (files and folders); names that cannot be used are reported as
+    skipped, and finding no file at all is an error."""
+    from ..embedding import expand_inputs
+    from .output import report_skipped
+
+    inputs = expand_inputs(paths)
+    report_skipped(inputs.skipped)
+    if not inputs.files:
+        raise click.ClickException("no image or video files found in " + ", ".join(map(str, paths)))
+    return inputs
+
+
+def check_embedded(result: Any, total: int) -> None:
+    """Report what the pipeline skipped and warned about; none of ``total`` files embedded is an error."""
+    from .output import report_notes, report_skipped
+
+    report_notes(result.notes)
+    report_skipped(result.skipped)
+    if not result.paths:
+        raise click.ClickException(f"none of the {total} files could be read")
