@@ -71,6 +71,8 @@ def test_sample_frame_indices_reference_rule():
     assert V.sample_frame_indices(30, 8) == [0, 4, 8, 12, 16, 20, 24, 29]
     assert V.sample_frame_indices(100, 2) == [0, 99]
     assert V.sample_frame_indices(9, 1) == [4]
+    assert V.sample_frame_indices(10, 1) == [5]  # T // 2, as the reference's evaluation
+    assert V.sample_frame_indices(2, 1) == [1] and V.sample_frame_indices(1, 1) == [0]
     # fewer frames than asked: each frame once, never invented by repeating another
     assert V.sample_frame_indices(3, 8) == [0, 1, 2]
     assert V.sample_frame_indices(1, 4) == [0]

@@ -513,3 +513,52 @@ def test_video_files_are_sampled_one_candidate_per_second(tmp_path):
     for max_frames, want in [(2, [0, 20]), (3, [0, 10, 20]), (4, [0, 10, 19, 29]), (32, list(range(30)))]:
         frames = load_frames(path, lambda total, m=max_frames: video_frame_indices(total, m, info.fps))
         assert [round(float(f[..., 0].float().mean()) / 8) for f in frames] == want, max_frames
+
+
+def test_decoded_video_frames_are_resized_as_perception_lm_does():
+    """Decoded video (a file, an array, a tensor) goes through torchvision's uint8 tensor resize, bicubic
+    with antialiasing, then /255 and the normalisation (PerceptionLM's video transform); frames given as
+    images keep Pillow's bicubic. The two differ by up to ~0.1 after normalisation."""
+    tvf = pytest.importorskip("torchvision.transforms.functional")
+    from perception_encoder.transforms import resize_frames
+    from perception_encoder.vlm.processor import VLMProcessor
+
+    frames = np.stack([rgb(70, 50, seed=i) for i in range(3)])  # (T, H, W, 3), downscale to 32 and upscale
+    for size in (32, 96):
+        want = tvf.resize(
+            torch.from_numpy(frames).permute(0, 3, 1, 2),
+            [size, size],
+            tvf.InterpolationMode.BICUBIC,
+            antialias=True,
+        )
+        assert torch.equal(resize_frames(torch.from_numpy(frames).permute(0, 3, 1, 2), (size, size)), want)
+
+    processor = VLMProcessor(_StubTokenizer(), patch_size=8, tile_size=TILE, max_frames=8)
+    want = tvf.resize(
+        torch.from_numpy(frames).permute(0, 3, 1, 2), [TILE, TILE], tvf.InterpolationMode.BICUBIC
+    )
+    want = tvf.normalize(want.float() / 255.0, [0.5] * 3, [0.5] * 3)
+    for video in (frames, torch.from_numpy(frames), torch.from_numpy(frames).permute(0, 3, 1, 2)):
+        assert torch.equal(processor.prepare_video(video), want)
+    pil = processor.prepare_video([Image.fromarray(f) for f in frames])
+    assert 0 < (pil - want).abs().max() < 0.2
+
+
+class _StubTokenizer:
+    """Just enough of a transformers tokenizer for VLMProcessor's constructor (no language model needed)."""
+
+    def __init__(self) -> None:
+        self.added: dict[str, int] = {}
+
+    def get_added_vocab(self) -> dict[str, int]:
+        return self.added
+
+    def add_tokens(self, tokens, special_tokens=False) -> None:
+        for t in tokens:
+            self.added.setdefault(str(t), 1000 + len(self.added))
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self.added[token]
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [self.added[text]] if text in self.added else [0]}

@@ -68,7 +68,8 @@ def sample_frame_indices(total_frames: int, num_frames: int = 8, *, repeat: bool
 
     The first and last frames are always included (the reference's rule). Edge cases:
 
-    - ``num_frames == 1``: the middle frame ``(T - 1) // 2`` (the rule divides by zero there).
+    - ``num_frames == 1``: frame ``T // 2``, as the reference's evaluation takes it (the rule divides by
+      zero there).
     - ``total_frames < num_frames``: every frame once (``min(T, N)`` indices), since the rule would repeat
       frames. With ``repeat=True`` the rule is applied as is and repeats them, so every video gives
       exactly ``num_frames`` frames (fixed-size training batches).
@@ -79,7 +80,7 @@ def sample_frame_indices(total_frames: int, num_frames: int = 8, *, repeat: bool
         raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
     n = num_frames if repeat else min(num_frames, total_frames)
     if n == 1:
-        return [(total_frames - 1) // 2]
+        return [total_frames // 2]
     return [int(i * (total_frames - 1) / (n - 1)) for i in range(n)]
 
 

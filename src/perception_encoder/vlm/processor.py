@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from ..tiling import ImageLike, as_rgb_image, native_resolution_image, tile_image
-from ..transforms import DEFAULT_MEAN, DEFAULT_STD, to_normalized_tensor
+from ..transforms import DEFAULT_MEAN, DEFAULT_STD, normalize_tensor, resize_frames, to_normalized_tensor
 
 __all__ = [
     "ImageItem",
@@ -251,8 +251,9 @@ class VLMProcessor:
         tiles, _ = tile_image(item.image, max_tiles, self.tile_size, self.mean, self.std)
         return tiles
 
-    def _frames(self, video: Any, max_frames: int) -> list[Image.Image]:
-        """The kept frames of a video as RGB PIL images."""
+    def _frames(self, video: Any, max_frames: int) -> torch.Tensor | list[Image.Image]:
+        """The kept frames of a video: a uint8 tensor ``(n, 3, H, W)`` for decoded video (a file, an array or
+        a tensor), or RGB PIL images for frames given as images (paths, PIL images, a folder of frames)."""
         if isinstance(video, (str, os.PathLike)):
             from ..video import list_frame_files, load_frames, video_info
 
@@ -261,7 +262,7 @@ class VLMProcessor:
             else:  # a video file: only the frames PerceptionLM's rule keeps are decoded
                 fps = video_info(video).fps
                 frames = load_frames(video, lambda total: video_frame_indices(total, max_frames, fps))
-                return [as_rgb_image(f.numpy()) for f in frames]
+                return frames.permute(0, 3, 1, 2)
         if isinstance(video, np.ndarray):
             video = torch.from_numpy(video)
         if isinstance(video, torch.Tensor):
@@ -269,30 +270,38 @@ class VLMProcessor:
                 raise ValueError(
                     f"a video tensor must be uint8 (T, H, W, 3) or (T, 3, H, W), got {video.dtype} {tuple(video.shape)}"
                 )
-            if video.shape[-1] not in (1, 3) and video.shape[1] in (1, 3):
-                video = video.permute(0, 2, 3, 1)  # (T, 3, H, W) -> (T, H, W, 3)
-            frames: Sequence[Any] = [f.numpy() for f in video.cpu()]
-        elif isinstance(video, Sequence) and not isinstance(video, (str, bytes)):
-            frames = video
-        else:
+            channels_first = video.shape[-1] not in (1, 3) and video.shape[1] in (1, 3)
+            if not channels_first:
+                video = video.permute(0, 3, 1, 2)  # (T, H, W, C) -> (T, C, H, W)
+            if video.shape[1] not in (1, 3):
+                raise ValueError(f"a video tensor needs 1 or 3 channels, got shape {tuple(video.shape)}")
+            if len(video) == 0:
+                raise ValueError("a video has no frames")
+            video = video.cpu()[video_frame_indices(len(video), max_frames)]
+            return video.expand(-1, 3, -1, -1) if video.shape[1] == 1 else video
+        if not isinstance(video, Sequence) or isinstance(video, (str, bytes)):
             raise TypeError(
                 "a video must be a path, a sequence of frames or a uint8 array/tensor, "
                 f"got {type(video).__name__}"
             )
-        if len(frames) == 0:
+        if len(video) == 0:
             raise ValueError("a video has no frames")
-        return [as_rgb_image(frames[i]) for i in video_frame_indices(len(frames), max_frames)]
+        return [as_rgb_image(video[i]) for i in video_frame_indices(len(video), max_frames)]
 
     def prepare_video(self, video: Any) -> torch.Tensor:
-        """A video -> pixels ``(frames, 3, S, S)``: each kept frame squashed bicubic to the tile size."""
+        """A video -> pixels ``(frames, 3, S, S)``: each kept frame squashed bicubic to the tile size, as
+        PerceptionLM does: decoded video as a uint8 tensor (``transforms.resize_frames``: torch's bicubic
+        with antialiasing, rounded back to uint8), frames given as images with Pillow's bicubic."""
         item = video if isinstance(video, VideoItem) else VideoItem(video)
         max_frames = item.max_frames if item.max_frames is not None else self.max_frames
         s = self.tile_size
-        frames = [
-            to_normalized_tensor(f.resize((s, s), Image.BICUBIC), self.mean, self.std)
-            for f in self._frames(item.frames, max_frames)
-        ]
-        return torch.stack(frames)
+        frames = self._frames(item.frames, max_frames)
+        if isinstance(frames, torch.Tensor):
+            unit = resize_frames(frames, (s, s)).float().div(255)
+            return torch.stack([normalize_tensor(f, self.mean, self.std) for f in unit])
+        return torch.stack(
+            [to_normalized_tensor(f.resize((s, s), Image.BICUBIC), self.mean, self.std) for f in frames]
+        )
 
     # --- text ------------------------------------------------------------------------------------------
 
