@@ -27,6 +27,7 @@ from torch import nn
 
 from .configs import CLIPConfig, ModelConfig, ModelInfo, VisionConfig, get_model_info
 from .errors import CheckpointError
+from .weights.adapt import drop_unused_head, fit_to_tower, tower_config
 from .weights.files import (
     CHECKPOINT_SUFFIXES,
     SAFETENSORS_SUFFIX,
@@ -182,6 +183,9 @@ def load(
     vision_only: bool = False,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    strict: bool = True,
+    layers: int | None = None,
+    image_size: int | None = None,
 ) -> nn.Module:
     """A model with weights, in eval mode.
 
@@ -195,6 +199,17 @@ def load(
     (a CLIP checkpoint can feed it). ``device`` / ``dtype`` apply tensor by tensor while loading.
     Errors: ``UnknownModelError`` (unknown name, with suggestions), ``CheckpointError`` (missing, unreadable
     or mismatched checkpoint, with the likely cause).
+
+    Loading is strict: every key must fit, except the parts of PE-Core's head (``ln_post``, ``attn_pool``,
+    ``proj``) in a file loaded into a tower without them (a PE-Lang or PE-Spatial file that still carries
+    them), which are dropped and logged. ``strict=False`` loads what fits, as the reference's ``load_ckpt``:
+    unexpected keys are ignored, missing ones keep their initial values, and a warning names both.
+
+    ``layers`` / ``image_size`` build a vision tower cut from the checkpoint's, as PerceptionLM's first
+    stage does from a PE-Core file: its first ``layers`` blocks without the head (``ln_post``, pooling and
+    projection), its position table resized bilinearly to ``image_size`` px. PE-Core-L at 448 with 23 blocks
+    is ``load("PE-Core-L14-336", vision_only=True, layers=23, image_size=448)``; a tower for a PE-Lang-style
+    config. Both need a vision tower (``vision_only=True`` for PE-Core names).
     """
     # float32 unless asked: a checkpoint stored in half precision (e.g. the bundled one) still computes in fp32
     dtype = _as_dtype(dtype) or torch.float32
@@ -216,7 +231,7 @@ def load(
         if config is None:
             path = _locate(checkpoint, None)
             config = _config_for_file(path, _read_native(path))
-        model = create_model(config, vision_only=vision_only, device=device, dtype=dtype)
+        model = create_model(_cut(config, vision_only, layers, image_size), device=device, dtype=dtype)
         return model.eval()
 
     if checkpoint is None and info is None:
@@ -225,11 +240,15 @@ def load(
     native = _read_native(path)
     if config is None:
         config = _config_for_file(path, native)
-    want = _tower(config, vision_only)
+    want = _cut(config, vision_only, layers, image_size)
     if not isinstance(want, CLIPConfig) and is_clip(native):
         native = vision_part(native)  # a CLIP checkpoint feeding a vision tower
     target = info.name if info is not None else f"the model configured for {path.name}"
     source = str(checkpoint) if is_hub_spec(checkpoint) else str(path)
+    if layers is not None or image_size is not None:
+        native = fit_to_tower(native, want, source)
+    elif isinstance(want, VisionConfig):
+        native = drop_unused_head(native, want, source)
     return load_into(
         _builder(want),
         native,
@@ -239,7 +258,21 @@ def load(
         device=device,
         dtype=dtype,
         file=path,
+        strict=strict,
     )
+
+
+def _cut(config: ModelConfig, vision_only: bool, layers: int | None, image_size: int | None) -> ModelConfig:
+    """The config of the model ``load`` builds: the vision tower alone when asked, cut to ``layers`` blocks
+    and built for ``image_size`` px when asked (``weights.adapt.tower_config``)."""
+    want = _tower(config, vision_only)
+    if layers is None and image_size is None:
+        return want
+    if isinstance(want, CLIPConfig):
+        raise ValueError(
+            "layers= and image_size= shape a vision tower: pass vision_only=True for a CLIP model"
+        )
+    return tower_config(want, layers, image_size)
 
 
 # --- save / convert / inspect --------------------------------------------------------------------------

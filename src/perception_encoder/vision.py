@@ -25,6 +25,20 @@ from .layers.linear import linear
 from .layers.transformer import resolve_layer
 
 
+def resize_position_table(
+    table: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int], prefix: int
+) -> torch.Tensor:
+    """An absolute position table ``(prefix + h * w, W)`` for a ``grid`` -> the table for ``new_grid``, as the
+    reference resizes it (SPEC §2): the patch part bilinear, ``align_corners=False``, no antialias; the
+    ``prefix`` (CLS) rows kept as they are."""
+    if tuple(grid) == tuple(new_grid):
+        return table
+    head, patches = table[:prefix], table[prefix:]
+    x = patches.reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=tuple(new_grid), mode="bilinear", align_corners=False)
+    return torch.cat([head, x.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1)], dim=0)
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
@@ -85,14 +99,10 @@ class VisionTransformer(nn.Module):
 
     def _position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """The absolute position embedding for a grid, ``(T, width)``; bilinear resize off the native grid."""
-        pos = self.positional_embedding
         n = self.config.grid_size
-        if (grid_h, grid_w) == (n, n):
-            return pos
-        cls_pos, patch_pos = pos[: self.num_prefix_tokens], pos[self.num_prefix_tokens :]
-        grid = patch_pos.reshape(1, n, n, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(grid_h, grid_w), mode="bilinear", align_corners=False)
-        return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)], dim=0)
+        return resize_position_table(
+            self.positional_embedding, (n, n), (grid_h, grid_w), self.num_prefix_tokens
+        )
 
     def _patch_tokens(self, pixels: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
         """``conv1`` as one matrix product over flattened patches: ``(B, 3, H, W)`` -> ``(B, grid_h *

@@ -13,7 +13,6 @@ from .options import (
     frames_option,
     high_bit_depth_option,
     json_option,
-    load_model,
     model_options,
     options,
     progress_option,
@@ -66,10 +65,7 @@ def command(
     labels,
     templates,
     top,
-    model_name,
-    checkpoint,
-    device,
-    dtype,
+    model_choice,
     batch_size,
     workers,
     frames,
@@ -88,7 +84,7 @@ def command(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--template") from None
     inputs = find_inputs(paths)
-    model = load_model(model_name, checkpoint, device, dtype)
+    model = model_choice.load()
     require_clip(model, "classify")
     classifier = zero_shot_classifier(model, names, templates or ("{}",))
     result = embed_paths(

@@ -8,7 +8,6 @@ from .options import (
     IMAGE_PATH,
     image_size_option,
     layer_option,
-    load_model,
     model_options,
     open_rgb,
     out_option,
@@ -29,16 +28,14 @@ from .output import wrote
     "--one-way", is_flag=True, help="Each patch of IMAGE1 to its nearest patch of IMAGE2 (not only mutual)."
 )
 @out_option([".png"], "Output picture (.png).")
-def command(
-    image1, image2, model_name, checkpoint, device, dtype, layer, image_size, topk, one_way, out
-) -> None:
+def command(image1, image2, model_choice, layer, image_size, topk, one_way, out) -> None:
     """Match patches of IMAGE1 and IMAGE2 (mutual nearest neighbours of their features at --layer) and
     draw the best matches as lines between the two images side by side."""
     from ..dense import correspondence_figure, match_images
     from ..dense.render import save_png
 
     pil1, pil2 = open_rgb(image1), open_rgb(image2)
-    model = load_model(model_name, checkpoint, device, dtype, vision_only=True)
+    model = model_choice.load(vision_only=True)
     matches = match_images(
         model, pil1, pil2, layer=layer, image_size=image_size, topk=topk, mutual=not one_way
     )

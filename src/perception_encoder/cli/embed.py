@@ -16,7 +16,6 @@ from .options import (
     high_bit_depth_option,
     image_size_option,
     layer_option,
-    load_model,
     model_options,
     normalize_option,
     options,
@@ -62,10 +61,7 @@ from .options import (
 def command(
     paths,
     out,
-    model_name,
-    checkpoint,
-    device,
-    dtype,
+    model_choice,
     layer,
     pool,
     batch_size,
@@ -91,7 +87,9 @@ def command(
     spec = feature_spec(layer, pool)
     if onnx_path and backend != "onnxruntime":
         raise click.BadParameter("--onnx needs --backend onnxruntime", param_hint="--onnx")
-    if backend == "onnxruntime" and (dtype != "fp32" or device not in ("auto", "cpu")):
+    if backend == "onnxruntime" and (
+        model_choice.dtype != "fp32" or model_choice.device not in ("auto", "cpu")
+    ):
         raise click.BadParameter(
             "the onnxruntime backend runs float32 on the CPU: drop --dtype / --device", param_hint="--backend"
         )
@@ -99,9 +97,9 @@ def command(
     inputs = find_inputs(paths)
     with tempfile.TemporaryDirectory(prefix="pe-embed-") as tmp:
         if backend == "onnxruntime":
-            model = _onnx_encoder(onnx_path, model_name, checkpoint, Path(tmp))
+            model = _onnx_encoder(onnx_path, model_choice, Path(tmp))
         else:
-            model = load_model(model_name, checkpoint, device, dtype)
+            model = model_choice.load()
         result = embed_paths(
             model,
             inputs.files,
@@ -123,12 +121,12 @@ def command(
     )
 
 
-def _onnx_encoder(onnx_path, model_name, checkpoint, tmp: Path):
+def _onnx_encoder(onnx_path, model_choice, tmp: Path):
     """The onnxruntime encoder: the given graph, or the model exported to ``tmp`` first."""
     from ..export import OnnxEncoder, export_onnx
 
     if onnx_path is None:
-        model = load_model(model_name, checkpoint, "cpu", "fp32", vision_only=True)
+        model = model_choice.load(vision_only=True, device="cpu", dtype="fp32")
         onnx_path = export_onnx(model, tmp / "image.onnx", what="image", check=False)
         del model
     return OnnxEncoder(onnx_path)

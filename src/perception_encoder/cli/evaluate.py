@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from .options import (
+    ModelChoice,
     batch_size_option,
     check_output_file,
     feature_spec,
@@ -23,7 +24,6 @@ from .options import (
     high_bit_depth_option,
     json_option,
     layer_option,
-    load_model,
     model_options,
     options,
     out_option,
@@ -40,10 +40,7 @@ class EvalRun:
     """The options every subcommand shares, and what a subcommand does with them: load the model, hand
     the loader settings to the evaluation, report the results."""
 
-    model_name: str | None
-    checkpoint: str | None
-    device: str
-    dtype: str
+    model_choice: ModelChoice
     batch_size: int
     workers: int
     center_crop: bool
@@ -54,13 +51,11 @@ class EvalRun:
 
     @property
     def name(self) -> str:
-        from .options import default_model  # looked up when used: tests and embedders may replace it
-
-        return str(self.model_name or self.checkpoint or default_model())
+        return self.model_choice.label
 
     def load(self, vision_only: bool = False):
         """The model to evaluate, in eval mode (the shared rules of ``options.load_model``)."""
-        return load_model(self.model_name, self.checkpoint, self.device, self.dtype, vision_only=vision_only)
+        return self.model_choice.load(vision_only=vision_only)
 
     def loader(self, model) -> dict[str, Any]:
         """``transform``, ``batch_size``, ``num_workers`` and ``progress`` for an ``evaluate_*`` call."""
@@ -83,7 +78,8 @@ class EvalRun:
         FILE as well."""
         from ..eval.report import to_json, write_json
 
-        head = {"model": self.name, **({"checkpoint": self.checkpoint} if self.checkpoint else {})}
+        checkpoint = self.model_choice.checkpoint
+        head = {"model": self.name, **({"checkpoint": checkpoint} if checkpoint else {})}
         results = {**head, **results}
         print_report(results, err=self.as_json)
         if self.out:

@@ -15,6 +15,7 @@ from .options import (
     model_option,
     normalize_option,
     out_option,
+    strict_option,
 )
 
 
@@ -26,6 +27,7 @@ def command() -> None:
 @command.command("onnx")
 @model_option
 @checkpoint_option
+@strict_option
 @click.option(
     "--what",
     type=click.Choice(["image", "text", "video"]),
@@ -49,7 +51,7 @@ def command() -> None:
     help="Compare onnxruntime with PyTorch (relative error <= 1e-4).",
 )
 def onnx_command(
-    model_name, checkpoint, what, out, image_size, normalize, opset, external_data, check
+    model_name, checkpoint, strict, what, out, image_size, normalize, opset, external_data, check
 ) -> None:
     """Export one encoder with a dynamic batch (and frame count / text length).
 
@@ -64,7 +66,7 @@ def onnx_command(
     name = model_name or (Path(checkpoint).stem if checkpoint else default_model())
     target = Path(out) if out else Path(f"{name}-{what}.onnx")
     check_output_file(str(target), "ONNX graph")
-    model = load_model(model_name, checkpoint, "cpu", "fp32", vision_only=what != "text")
+    model = load_model(model_name, checkpoint, "cpu", "fp32", vision_only=what != "text", strict=strict)
     path = export_onnx(
         model,
         target,

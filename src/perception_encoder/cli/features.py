@@ -8,7 +8,6 @@ from .options import (
     IMAGE_PATH,
     image_size_option,
     layer_option,
-    load_model,
     model_options,
     open_rgb,
     out_option,
@@ -25,12 +24,12 @@ from .output import wrote
     "--norm/--no-norm", default=False, show_default=True, help="Apply ln_post (PE-Core) to the features."
 )
 @out_option([".npy", ".safetensors"], "Output file: .npy or .safetensors (key 'features').")
-def command(image, model_name, checkpoint, device, dtype, layer, image_size, norm, out) -> None:
+def command(image, model_choice, layer, image_size, norm, out) -> None:
     """Save the patch features of IMAGE after block --layer as an (H', W', C) array."""
     from ..dense import patch_features, save_features
 
     pil = open_rgb(image)
-    model = load_model(model_name, checkpoint, device, dtype, vision_only=True)
+    model = model_choice.load(vision_only=True)
     feats = patch_features(model, pil, layer=layer, image_size=image_size, norm=norm)
     path = save_features(feats, out)
     h, w, c = feats.shape

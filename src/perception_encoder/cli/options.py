@@ -9,9 +9,11 @@ Short flags: ``-m`` model, ``-c`` checkpoint, ``-b`` batch size, ``-w`` workers,
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -98,9 +100,61 @@ dtype_option = click.option(
 )
 
 
+strict_option = click.option(
+    "--strict/--no-strict",
+    default=True,
+    show_default=True,
+    help="--no-strict loads what fits, as the reference does: unexpected keys ignored, missing ones left at "
+    "their initial values (both reported).",
+)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What ``--model``, ``--checkpoint``, ``--device``, ``--dtype`` and ``--strict`` chose."""
+
+    name: str | None = None
+    checkpoint: str | None = None
+    device: str = "auto"
+    dtype: str = "fp32"
+    strict: bool = True
+
+    @property
+    def label(self) -> str:
+        """How results name the model: the name or checkpoint given, else the default model."""
+        return str(self.name or self.checkpoint or default_model())
+
+    def load(self, *, vision_only: bool = False, device: str | None = None, dtype: str | None = None):
+        """The model, in eval mode (``load_model``); ``device`` / ``dtype`` override the options."""
+        return load_model(
+            self.name,
+            self.checkpoint,
+            device or self.device,
+            dtype or self.dtype,
+            vision_only=vision_only,
+            strict=self.strict,
+        )
+
+
+_MODEL_FIELDS = {
+    "model_name": "name",
+    "checkpoint": "checkpoint",
+    "device": "device",
+    "dtype": "dtype",
+    "strict": "strict",
+}
+
+
 def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--model``, ``--checkpoint``, ``--device`` and ``--dtype``."""
-    return options(model_option, checkpoint_option, device_option, dtype_option)(f)
+    """``--model``, ``--checkpoint``, ``--device``, ``--dtype`` and ``--strict``, handed to the command as one
+    ``model_choice: ModelChoice``."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        choice = ModelChoice(**{field: kwargs.pop(opt) for opt, field in _MODEL_FIELDS.items()})
+        return f(*args, model_choice=choice, **kwargs)
+
+    return options(model_option, checkpoint_option, device_option, dtype_option, strict_option)(wrapper)
 
 
 def pick_device(device: str | None) -> str:
@@ -119,11 +173,15 @@ def load_model(
     dtype: str = "fp32",
     *,
     vision_only: bool = False,
+    strict: bool = True,
 ):
     """The model a command names, in eval mode; any loading problem is a one-line error naming it.
 
     ``--checkpoint`` alone brings its own config (saved beside it, or read from its shapes); neither
-    option gives the bundled model."""
+    option gives the bundled model. With ``strict=False`` what was ignored or left at its initial value is
+    printed on stderr."""
+    import warnings
+
     from ..factory import load
 
     if model_name is None and checkpoint is not None:
@@ -131,12 +189,21 @@ def load_model(
     else:
         name = model_name or default_model()
     try:
-        with user_errors():
-            return load(
-                name, checkpoint=checkpoint, vision_only=vision_only, device=pick_device(device), dtype=dtype
+        with user_errors(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            model = load(
+                name,
+                checkpoint=checkpoint,
+                vision_only=vision_only,
+                device=pick_device(device),
+                dtype=dtype,
+                strict=strict,
             ).eval()
     except click.ClickException as exc:
         raise click.ClickException(f"cannot load model {name!r}: {exc.message}") from exc
+    for w in caught:
+        click.secho(f"warning: {w.message}", fg="yellow", err=True)
+    return model
 
 
 def require_clip(model: Any, command: str) -> None:

@@ -8,7 +8,6 @@ from .options import (
     IMAGE_PATH,
     image_size_option,
     layer_option,
-    load_model,
     model_options,
     open_rgb,
     out_option,
@@ -35,10 +34,7 @@ from .output import wrote
 @out_option([".png"], "Output picture (.png).")
 def command(
     image,
-    model_name,
-    checkpoint,
-    device,
-    dtype,
+    model_choice,
     layer,
     image_size,
     foreground,
@@ -51,7 +47,7 @@ def command(
     from ..dense.render import save_png
 
     pil = open_rgb(image)
-    model = load_model(model_name, checkpoint, device, dtype, vision_only=True)
+    model = model_choice.load(vision_only=True)
     feats = patch_features(model, pil, layer=layer, image_size=image_size)
     rgb = pca_rgb(feats, foreground_threshold=foreground, invert_foreground=invert_foreground)
     path = save_png(pca_figure(pil, rgb, resample="bilinear" if smooth else "nearest"), out)

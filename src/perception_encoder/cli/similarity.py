@@ -9,7 +9,6 @@ from .options import (
     PointType,
     image_size_option,
     layer_option,
-    load_model,
     model_options,
     open_rgb,
     out_option,
@@ -36,9 +35,7 @@ from .output import wrote
     "--alpha", type=click.FloatRange(0.0, 1.0), default=0.55, show_default=True, help="Heatmap opacity."
 )
 @out_option([".png"], "Output picture (.png).")
-def command(
-    image, point, text, model_name, checkpoint, device, dtype, layer, image_size, mode, alpha, out
-) -> None:
+def command(image, point, text, model_choice, layer, image_size, mode, alpha, out) -> None:
     """Heatmap of how similar each patch of IMAGE is to the patch at --point (features at --layer), or to
     the --text prompt (last layer, patches projected into CLIP's joint space)."""
     from ..dense import point_similarity, similarity_figure, text_similarity
@@ -52,7 +49,7 @@ def command(
             f"({point[0]:g}, {point[1]:g}) is outside the {pil.width}x{pil.height} image",
             param_hint="--point",
         )
-    model = load_model(model_name, checkpoint, device, dtype, vision_only=text is None)
+    model = model_choice.load(vision_only=text is None)
     if text is not None:
         require_clip(model, "similarity --text")
         sim = text_similarity(model, pil, text, image_size=image_size, mode=mode)

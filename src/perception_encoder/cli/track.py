@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .options import IMAGE_PATH, image_size_option, layer_option, load_model, model_options
+from .options import IMAGE_PATH, image_size_option, layer_option, model_options
 
 
 class MaskFile:
@@ -127,10 +127,7 @@ def _overlay(frame, mask: np.ndarray, colors: dict[int, tuple[int, int, int]], a
 def command(
     source,
     mask,
-    model_name,
-    checkpoint,
-    device,
-    dtype,
+    model_choice,
     layer,
     image_size,
     topk,
@@ -157,7 +154,7 @@ def command(
         names = None
         frames = iter_frames(src)
     frames = itertools.islice(frames, max_frames)
-    model = load_model(model_name, checkpoint, device, dtype, vision_only=True)
+    model = model_choice.load(vision_only=True)
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

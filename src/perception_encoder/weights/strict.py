@@ -4,6 +4,7 @@ checkpoint's tensors to a model built on the meta device (no random-weight copy 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 
 import torch
@@ -93,6 +94,40 @@ def _cast(t: torch.Tensor, device: torch.device | None, dtype: torch.dtype | Non
     return t.to(device=device) if device is not None else t
 
 
+def _lenient(
+    expected: Mapping[str, torch.Size | tuple[int, ...]], state_dict: StateDict, *, target: str, source: str
+) -> tuple[list[str], list[str]]:
+    """``strict=False``: the keys to leave at their initial values and the keys to ignore. Tensors of another
+    shape stay an error (they would not fit anywhere), as in ``torch``'s own non-strict loading."""
+    misshaped = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k])}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])
+    ]
+    if misshaped:
+        raise CheckpointError(
+            f"{source} does not fit {target}: {len(misshaped)} key(s) with another shape (checkpoint vs model): "
+            f"{_few(misshaped)}"
+        )
+    return [k for k in expected if k not in state_dict], [k for k in state_dict if k not in expected]
+
+
+def _initialise(model: nn.Module, build: Callable[[], nn.Module], names: list[str], device, dtype) -> None:
+    """Give the tensors ``names`` of ``model`` (still on the meta device) the initial values a freshly built
+    model has (built once, on ``device``, only when something is missing)."""
+    with torch.device(device or "cpu"):
+        fresh = build()
+    values = fresh.state_dict()
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner)
+        value = _cast(values[name], None, dtype)
+        if leaf in module._parameters:
+            module._parameters[leaf] = nn.Parameter(value)
+        else:
+            module._buffers[leaf] = value
+
+
 def load_into(
     build: Callable[[], nn.Module],
     state_dict: StateDict,
@@ -103,6 +138,7 @@ def load_into(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     file: str | os.PathLike | None = None,
+    strict: bool = True,
 ) -> nn.Module:
     """Build a model with ``build()`` on the meta device and give it ``state_dict``'s tensors.
 
@@ -113,11 +149,38 @@ def load_into(
     memory-mapped from, if any; the pages of each source tensor that was converted are released from
     memory right away (see ``pages.release_file_pages``), so loading with a cast never holds the whole file
     beside the converted copy. Returns the model in eval mode.
+
+    ``strict=False`` loads what fits, as the reference's ``load_ckpt`` does: unexpected keys are ignored,
+    missing ones keep the initial values of a freshly built model, and a ``UserWarning`` names both;
+    tensors of another shape stay an error.
     """
     with torch.device("meta"):
         model = build()
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    check_state_dict(expected, state_dict, target_config=config, target=target, source=source)
+    missing: list[str] = []
+    if strict:
+        check_state_dict(expected, state_dict, target_config=config, target=target, source=source)
+    else:
+        missing, unexpected = _lenient(expected, state_dict, target=target, source=source)
+        for k in unexpected:
+            del state_dict[k]
+        if missing or unexpected:
+            warnings.warn(
+                f"{source} loaded into {target} with strict=False: "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"{len(unexpected)} unexpected key(s) ignored{_groups(unexpected)}: {_few(unexpected)}"
+                        if unexpected
+                        else "",
+                        f"{len(missing)} key(s) left at their initial values{_groups(missing)}: {_few(missing)}"
+                        if missing
+                        else "",
+                    )
+                    if part
+                ),
+                stacklevel=3,
+            )
     device = torch.device(device) if device is not None else None
     mappings = file_mappings(file) if file is not None else []
     for k in list(state_dict):
@@ -127,7 +190,9 @@ def load_into(
         if cast.device != source_tensor.device or cast.data_ptr() != source_tensor.data_ptr():
             release_file_pages(source_tensor, mappings)
         del source_tensor, cast
-    model.load_state_dict(state_dict, strict=True, assign=True)
+    model.load_state_dict(state_dict, strict=strict, assign=True)
+    if missing:
+        _initialise(model, build, missing, device, dtype)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise CheckpointError(
