@@ -9,17 +9,20 @@ reference does) are collected and reported once per run, not once per file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from ..errors import PEError
 from ..finite import NonFiniteError
@@ -102,28 +105,124 @@ def _reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, PEError) else f"{type(exc).__name__}: {exc}"
 
 
-class _Files(Dataset):
-    def __init__(self, paths: Sequence[Path], load: Callable[[Path], Any]) -> None:
-        self.paths = list(paths)
-        self.load = load
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, Any, str | None, list[str]]:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                item, err = self.load(self.paths[i]), None
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as exc:  # a bad file must not stop the run: report it and go on
-                item, err = None, _reason(exc)
-        return i, item, err, [str(w.message) for w in caught]
+def _load_one(load: Callable[[Any], Any], item: Any) -> tuple[Any, str | None, list[str]]:
+    """``(loaded, None, warnings)`` or ``(None, reason, warnings)``: a bad input never raises."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            value, err = load(item), None
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # a bad file must not stop the run: report it and go on
+            value, err = None, _reason(exc)
+    return value, err, [str(w.message) for w in caught]
 
 
-def _keep_list(items: list) -> list:
-    return items
+def ordered_map(
+    fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 0, window: int = 64
+) -> Iterator[tuple[Any, Any]]:
+    """``(item, fn(item))`` for every item, in order. With ``workers`` processes, up to ``window`` items are
+    in flight at once, so decoding runs ahead of the caller while memory stays bounded whatever the
+    number of items (the items are read lazily, never listed in full). ``fn`` must be picklable."""
+    if workers <= 0:
+        for item in items:
+            yield item, fn(item)
+        return
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: deque[tuple[Any, Any]] = deque()
+        stream = iter(items)
+        for item in itertools.islice(stream, max(1, window)):
+            pending.append((item, pool.submit(fn, item)))
+        while pending:
+            item, future = pending.popleft()
+            nxt = next(stream, _END)
+            if nxt is not _END:
+                pending.append((nxt, pool.submit(fn, nxt)))
+            yield item, future.result()
+
+
+_END = object()
+
+
+@dataclass
+class Result:
+    """One input's outcome: its embedding ``(D,)``, or the reason it was skipped."""
+
+    item: Any
+    embedding: torch.Tensor | None = None
+    reason: str | None = None
+
+
+@torch.inference_mode()
+def iter_embedded(
+    items: Iterable[Any],
+    load: Callable[[Any], torch.Tensor],
+    encode: Callable[[list[torch.Tensor]], torch.Tensor],
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    share_duplicates: bool = False,
+    notes: dict[str, None] | None = None,
+    name: Callable[[Any], str] = str,
+) -> Iterator[Result]:
+    """Every item's ``Result``, in order, streaming: items are loaded lazily (in ``num_workers`` processes
+    when asked), and every ``batch_size`` consecutive items the good ones are encoded together (so the
+    batches, hence the floating-point results, do not depend on the workers).
+
+    ``share_duplicates``: identical loaded inputs share the first one's embedding, which makes results
+    independent of the batch size too (evaluation needs that; it costs a digest per distinct input).
+    ``notes`` collects the distinct warnings raised while loading. A non-finite output raises
+    ``NonFiniteError`` naming (``name(item)``) the first item of its batch.
+    """
+    check_batch_size(batch_size)
+    first: dict[bytes, torch.Tensor] = {}
+    window = max(2 * batch_size, 4 * num_workers)
+    call = functools.partial(_load_one, load)
+    loaded = ordered_map(call, items, num_workers, window)
+    while True:
+        chunk = list(itertools.islice(loaded, batch_size))
+        if not chunk:
+            return
+        batch = []
+        for item, (x, err, warned) in chunk:
+            if notes is not None:
+                notes.update(dict.fromkeys(warned))
+            batch.append((item, x, err))
+        yield from _encode_batch(batch, encode, first if share_duplicates else None, name)
+
+
+def _encode_batch(
+    batch: list[tuple[Any, Any, str | None]],
+    encode: Callable[[list[torch.Tensor]], torch.Tensor],
+    first: dict[bytes, torch.Tensor] | None,
+    name: Callable[[Any], str],
+) -> Iterator[Result]:
+    keys = [_digest(x) if first is not None and err is None else None for _, x, err in batch]
+    fresh = [
+        i for i, (_, x, err) in enumerate(batch) if err is None and (first is None or keys[i] not in first)
+    ]
+    # an input repeated inside this batch is encoded once too
+    if first is not None:
+        seen: set[bytes] = set()
+        fresh = [i for i in fresh if not (keys[i] in seen or seen.add(keys[i]))]
+    values: dict[int, torch.Tensor] = {}
+    if fresh:
+        try:
+            out = encode([batch[i][1] for i in fresh])
+        except NonFiniteError as e:
+            raise NonFiniteError(f"{e} (first file of the batch: {name(batch[fresh[0]][0])})") from None
+        for i, emb in zip(fresh, out.float().cpu(), strict=True):
+            values[i] = emb
+            if first is not None:
+                first[keys[i]] = emb
+    for i, (item, _, err) in enumerate(batch):
+        if err is not None:
+            yield Result(item, reason=err)
+        else:
+            yield Result(item, embedding=values[i] if i in values else first[keys[i]])
 
 
 def _digest(x: torch.Tensor) -> bytes:
@@ -134,7 +233,6 @@ def _digest(x: torch.Tensor) -> bytes:
     return h.digest()
 
 
-@torch.inference_mode()
 def embed_files(
     paths: Sequence[str | os.PathLike],
     load: Callable[[Path], torch.Tensor],
@@ -145,7 +243,8 @@ def embed_files(
     progress: bool = False,
     desc: str = "embedding",
 ) -> Embedded:
-    """Load every file with ``load`` and encode the good ones, ``batch_size`` files at a time.
+    """Load every file with ``load`` and encode the good ones, ``batch_size`` files at a time
+    (``iter_embedded``, identical files sharing one embedding so results do not depend on the batch size).
 
     ``load(path)`` returns one item (``(3, H, W)`` pixels for an image, ``(N, 3, H, W)`` for a video);
     ``encode(items)`` maps a list of items to ``(len(items), D)`` (``stack_images`` wraps a pixels encoder).
@@ -153,18 +252,8 @@ def embed_files(
     skipped files with reasons, and the distinct warnings raised while loading. A non-finite output is an
     error (``NonFiniteError``) naming the first file of its batch.
     """
-    check_batch_size(batch_size)
     paths = [Path(p) for p in paths]
-    loader = DataLoader(
-        _Files(paths, load),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_keep_list,
-    )
-    rows: dict[int, torch.Tensor] = {}  # output position -> embedding
-    copies: list[tuple[int, int]] = []  # (output position, position of the identical input first seen)
-    first: dict[bytes, int] = {}
+    values: list[torch.Tensor] = []
     index: list[int] = []
     skipped: list[Skipped] = []
     notes: dict[str, None] = {}
@@ -173,39 +262,39 @@ def embed_files(
         from tqdm import tqdm
 
         bar = tqdm(total=len(paths), desc=desc, unit="file", file=sys.stderr, leave=False)
-    for items in loader:
-        fresh: list[tuple[int, int, torch.Tensor]] = []
-        for i, x, err, warned in items:
-            notes.update(dict.fromkeys(warned))
-            if err is not None:
-                skipped.append(Skipped(str(paths[i]), err))
-                continue
-            pos = len(index)
+    results = iter_embedded(
+        enumerate(paths),
+        _Indexed(load),
+        encode,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        share_duplicates=True,
+        notes=notes,
+        name=lambda item: str(item[1]),
+    )
+    for result in results:
+        i, path = result.item
+        if result.reason is not None:
+            skipped.append(Skipped(str(path), result.reason))
+        else:
             index.append(i)
-            # Identical inputs (duplicate files) share one embedding: the floating-point result of a forward
-            # pass depends slightly on the batch it is in, and exact ties keep every metric independent of
-            # the batch size (ties are broken by position).
-            key = _digest(x)
-            if key in first:
-                copies.append((pos, first[key]))
-            else:
-                first[key] = pos
-                fresh.append((pos, i, x))
-        if fresh:
-            try:
-                out = encode([x for *_, x in fresh])
-            except NonFiniteError as e:
-                raise NonFiniteError(f"{e} (first file of the batch: {paths[fresh[0][1]]})") from None
-            for (pos, *_), emb in zip(fresh, out.float().cpu(), strict=True):
-                rows[pos] = emb
+            values.append(result.embedding)
         if bar is not None:
-            bar.update(len(items))
+            bar.update(1)
     if bar is not None:
         bar.close()
-    for pos, src in copies:
-        rows[pos] = rows[src]
-    out = torch.stack([rows[p] for p in range(len(index))]) if index else torch.empty(0, 0)
+    out = torch.stack(values) if values else torch.empty(0, 0)
     return Embedded(out, index, skipped, list(notes))
+
+
+class _Indexed:
+    """``load`` applied to the path of an ``(index, path)`` pair (picklable for loader processes)."""
+
+    def __init__(self, load: Callable[[Path], torch.Tensor]) -> None:
+        self.load = load
+
+    def __call__(self, item: tuple[int, Path]) -> torch.Tensor:
+        return self.load(item[1])
 
 
 def stack_images(
