@@ -172,6 +172,30 @@ def _read_native(path: Path) -> dict[str, torch.Tensor]:
     return to_native(read_state_dict(path), source=str(path))
 
 
+def checkpoint_file(name: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
+    """The local file ``load(name, checkpoint=checkpoint)`` reads (the hub's cached file for a released name)."""
+    if _is_path_like(name) or is_hub_spec(name):
+        return _locate(name, None)
+    return _locate(checkpoint, get_model_info(str(name)))
+
+
+def checkpoint_sha256(name: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> str:
+    """SHA-256 of the weights ``load(name, checkpoint=checkpoint)`` reads: what identifies them in a
+    dataset's manifest. A file in the Hugging Face cache is a blob named by its SHA-256 (LFS files): that
+    name is used as is; any other file is read once."""
+    import hashlib
+    import re
+
+    path = checkpoint_file(name, checkpoint).resolve()
+    if path.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", path.name):
+        return path.name
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 # --- load ----------------------------------------------------------------------------------------------
 
 
@@ -406,6 +430,8 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 __all__ = [
     "CONVERT_TARGETS",
+    "checkpoint_file",
+    "checkpoint_sha256",
     "FORMATS",
     "convert",
     "count_parameters",

@@ -1,0 +1,281 @@
+"""The local engine: a dataset job on this machine, streaming (inputs listed lazily, decoded in loader
+processes ahead of the model, rows written shard by shard), resumable after any kill.
+
+    import perception_encoder as pe
+    summary = pe.embed_dataset(["photos/", "shards-{0000..0009}.tar"], "emb/", model="PE-Core-B16-224")
+    ds = pe.open_dataset("emb/")
+
+Shard ``k`` holds inputs ``k*S`` to ``(k+1)*S - 1``. A shard already on disk is never recomputed or
+rewritten: its inputs are listed again (without reading their pixels) only to check that they are still
+the same ones (``ids_fingerprint``); a job whose inputs changed since is refused. Each shard's batches start
+at the shard's first input, so a resumed job computes exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..embedding.encoders import FeatureSpec, as_encoder
+from ..embedding.files import iter_embedded, stack_images
+from ..embedding.video import video_encoder
+from .items import InputItem
+from .job import Job, prepare_output, resolve_inputs
+from .manifest import DatasetError, Manifest, ShardRecord, write_manifest
+from .shards import fingerprint_line, row_schema, write_shard
+
+
+@dataclass
+class DatasetSummary:
+    """What a job did: rows and skipped inputs in the whole dataset, shards written now and found done."""
+
+    root: Path
+    rows: int
+    skipped: int
+    shards_written: int
+    shards_kept: int
+    seconds: float
+    complete: bool
+
+
+def embed_dataset(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    model: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    features: FeatureSpec = FeatureSpec(),
+    num_frames: int = 8,
+    normalize: bool = False,
+    image_size: int | tuple[int, int] | None = None,
+    high_bit_depth: str = "clip",
+    half: bool = False,
+    shard_size: int | None = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    image_column: str | None = None,
+    id_column: str | None = None,
+    fetch_timeout: float = 30.0,
+    fetch_retries: int = 3,
+    overwrite: bool = False,
+    progress: bool = False,
+    engine: str = "local",
+    **engine_options: Any,
+) -> DatasetSummary:
+    """Embed every input into the dataset folder ``out`` (``datasets.layout``), resuming a dataset made with
+    the same settings, refusing one made with others (unless ``overwrite``).
+
+    ``inputs``: files, folders (recursive), globs, WebDataset tars (brace patterns too), CSV / Parquet
+    tables with a column of paths, URLs or image bytes (``image_column``; ``id_column``), videos.
+    ``model`` / ``checkpoint``: as ``pe.load``. ``features``, ``num_frames``, ``normalize``, ``image_size``,
+    ``high_bit_depth``: as ``embed_paths``. ``half``: store float16. ``shard_size``: inputs per shard
+    (default: about 256 MB of embeddings). ``engine``: ``"local"`` or ``"ray"`` (``engine_options``:
+    ``address``, ``replicas``, ``gpus_per_replica``, see ``datasets.ray_engine``).
+    """
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if not inputs:
+        raise ValueError("give at least one input")
+    name = os.fspath(model)
+    job = Job(
+        inputs=resolve_inputs([os.fspath(i) for i in inputs]),
+        model=name if "://" in name or not os.path.exists(name) else os.path.abspath(name),
+        checkpoint=None if checkpoint is None else os.path.abspath(os.fspath(checkpoint)),
+        device=device,
+        dtype=dtype,
+        features=features,
+        num_frames=num_frames,
+        normalize=normalize,
+        image_size=image_size,
+        high_bit_depth=high_bit_depth,
+        half=half,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        image_column=image_column,
+        id_column=id_column,
+        fetch_timeout=fetch_timeout,
+        fetch_retries=fetch_retries,
+    )
+    if engine == "ray":
+        from .ray_engine import run_ray
+
+        return run_ray(job, Path(out), overwrite=overwrite, progress=progress, **engine_options)
+    if engine_options:
+        raise TypeError(f"options for the ray engine given to the local one: {', '.join(engine_options)}")
+    return run_local(job, Path(out), overwrite=overwrite, progress=progress)
+
+
+# --- the engine -----------------------------------------------------------------------------------------
+
+
+def shards_of(items: Iterator[InputItem], size: int) -> Iterator[tuple[int, Iterator[InputItem]]]:
+    """``(k, the items of shard k)`` in order, lazily; each shard's iterator must be used up before the next."""
+    stream = iter(items)
+    for k in itertools.count():
+        head = next(stream, None)
+        if head is None:
+            return
+        yield k, itertools.chain([head], itertools.islice(stream, size - 1))
+
+
+class _Fingerprinted:
+    """An item iterator that hashes every item passing through (``ids_fingerprint``, incrementally)."""
+
+    def __init__(self, items: Iterator[InputItem]) -> None:
+        self.items = items
+        self.count = 0
+        self.first: int | None = None
+        self._h = hashlib.sha256()
+
+    def __iter__(self) -> Iterator[InputItem]:
+        for item in self.items:
+            self.first = item.position if self.first is None else self.first
+            self.count += 1
+            self._h.update(fingerprint_line(item))
+            yield item
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def _encoder(job: Job, model: Any) -> Any:
+    """The ``iter_embedded`` encoder: images stacked, videos' frames pooled (``clip.pool_frames``), each
+    row normalised when asked. Inputs of one batch may mix images and videos."""
+    import torch
+    import torch.nn.functional as F
+
+    pixels_to_features = as_encoder(model).features(job.features)
+    images = stack_images(pixels_to_features)
+    videos = video_encoder(pixels_to_features, normalize_frames=job.normalize, batch_size=job.batch_size)
+
+    def encode(items: list[torch.Tensor]) -> torch.Tensor:
+        kinds = [x.ndim == 4 for x in items]  # (n, 3, H, W): a video's frames
+        out: list[torch.Tensor | None] = [None] * len(items)
+        for is_video, fn in ((False, images), (True, videos)):
+            idx = [i for i, v in enumerate(kinds) if v == is_video]
+            if idx:
+                for i, row in zip(idx, fn([items[i] for i in idx]), strict=True):
+                    out[i] = row
+        rows = torch.stack(out)
+        return F.normalize(rows, dim=-1) if job.normalize else rows
+
+    return encode
+
+
+def _describe(item: InputItem) -> str:
+    return f"{item.source}: {item.id}" if item.source != item.id else item.id
+
+
+def embed_shard(
+    job: Job, items: Iterator[InputItem], load: Any, encode: Any, dim: int, storage: str
+) -> tuple[list[InputItem], np.ndarray, list[tuple[InputItem, str]]]:
+    """One shard's rows (items without their bytes), embeddings ``(rows, dim)`` and skipped inputs."""
+    rows: list[InputItem] = []
+    skipped: list[tuple[InputItem, str]] = []
+    chunks: list[np.ndarray] = []
+    results = iter_embedded(
+        items, load, encode, batch_size=job.batch_size, num_workers=job.num_workers, name=_describe
+    )
+    for result in results:
+        item = dataclasses.replace(result.item, data=None)  # the bytes are not needed any more
+        if result.reason is not None:
+            skipped.append((item, result.reason))
+        else:
+            rows.append(item)
+            chunks.append(result.embedding.numpy().astype(np.float16 if storage == "float16" else np.float32))
+    embeddings = np.stack(chunks) if chunks else np.empty((0, dim), np.float32)
+    return rows, embeddings, skipped
+
+
+def run_local(job: Job, root: Path, *, overwrite: bool = False, progress: bool = False) -> DatasetSummary:
+    """Run ``job`` on this machine into ``root`` (see the module docstring)."""
+    from .sources import iter_inputs, metadata_schema
+
+    started = time.time()
+    model = job.load_model()
+    settings = job.settings(model)
+    schema = row_schema(
+        settings.dim,
+        settings.storage,
+        metadata_schema(list(job.inputs), image_column=job.image_column, id_column=job.id_column),
+    )
+    manifest = prepare_output(root, settings, overwrite=overwrite)
+    load, encode = job.loader(model), _encoder(job, model)
+    items = iter_inputs(list(job.inputs), image_column=job.image_column, id_column=job.id_column)
+    bar = _bar(progress, manifest)
+    written = kept = 0
+    for k, shard_items in shards_of(items, settings.shard_size):
+        printed = _Fingerprinted(shard_items)
+        done = manifest.shard(k)
+        if done is not None:
+            for _ in printed:  # listed again, not loaded: only to check they are the same inputs
+                pass
+            _check_same(root, done, printed)
+            kept += 1
+            continue
+        rows, embeddings, skipped = embed_shard(
+            job, iter(_Progress(printed, bar)), load, encode, settings.dim, settings.storage
+        )
+        record = ShardRecord(
+            k, printed.first or 0, printed.count, len(rows), len(skipped), printed.hexdigest()
+        )
+        write_shard(root, record, rows, embeddings, skipped, schema)
+        manifest.shards.append(record)
+        write_manifest(root, manifest)
+        written += 1
+    manifest.complete = True
+    write_manifest(root, manifest)
+    if bar is not None:
+        bar.close()
+    return DatasetSummary(root, manifest.rows, manifest.skipped, written, kept, time.time() - started, True)
+
+
+def _check_same(root: Path, record: ShardRecord, printed: _Fingerprinted) -> None:
+    if printed.count != record.inputs or printed.hexdigest() != record.ids_sha256:
+        raise DatasetError(
+            f"{root}: the inputs of shard {record.index} changed since it was written ({record.inputs} inputs "
+            f"then, {printed.count} now, or other names): files were added or removed. Use --overwrite to start "
+            "afresh, or a new output folder"
+        )
+
+
+class _Progress:
+    """Items passing to the model, counted on a progress bar (when there is one)."""
+
+    def __init__(self, items: Any, bar: Any) -> None:
+        self.items, self.bar = items, bar
+
+    def __iter__(self) -> Iterator[InputItem]:
+        for item in self.items:
+            if self.bar is not None:
+                self.bar.update(1)
+            yield item
+
+
+def _bar(progress: bool, manifest: Manifest) -> Any:
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    done = sum(s.inputs for s in manifest.shards)
+    return tqdm(
+        desc="embedding",
+        unit="input",
+        initial=0,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        postfix={"done before": done},
+    )
