@@ -115,3 +115,22 @@ def atomic_write_all(items: Sequence[tuple[str | os.PathLike, Writer]]) -> list[
 def atomic_write(path: str | os.PathLike, write: Writer) -> Path:
     """Write one file through a temporary file in its folder (see ``atomic_write_all``)."""
     return atomic_write_all([(path, write)])[0]
+
+
+def remove_stale_temps(folder: str | os.PathLike, names: str) -> int:
+    """Delete the temporary files ``atomic_write`` left in ``folder`` when a process was killed while
+    writing (``.<name>.<8 random characters>.tmp``), for target names matching the regex ``names`` only.
+    Returns how many were removed (0 when there is no such folder)."""
+    import re
+
+    pattern = re.compile(rf"\.(?:{names})\.[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.iterdir():
+        if pattern.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+

@@ -10,6 +10,7 @@ import click
 from .options import (
     batch_size_option,
     check_embedded,
+    default_model,
     feature_spec,
     find_inputs,
     frames_option,
@@ -30,7 +31,12 @@ from .options import (
 @click.command("embed")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @options(
-    out_option([".npy", ".parquet"], "Output .npy (+ <name>.paths.txt) or .parquet file."),
+    out_option(
+        [],
+        "Output: a folder for an embedding dataset (sharded Parquet + manifest.json, resumable), or one "
+        ".npy (+ <name>.paths.txt) / .parquet file for a small run.",
+        kind="either",
+    ),
     model_options,
     layer_option(),
     pool_option,
@@ -41,7 +47,6 @@ from .options import (
     image_size_option,
     high_bit_depth_option,
     progress_option,
-    show_progress,
 )
 @click.option(
     "--backend",
@@ -58,6 +63,43 @@ from .options import (
     help="With --backend onnxruntime: the image graph to run (pe export onnx --what image) "
     "[default: export the model to a temporary graph first].",
 )
+@click.option(
+    "--shard-size",
+    type=click.IntRange(1, 100_000_000),
+    default=None,
+    help="Dataset: inputs per shard [default: about 256 MB of embeddings per shard].",
+)
+@click.option("--half", is_flag=True, help="Dataset: store embeddings as float16.")
+@click.option(
+    "--overwrite", is_flag=True, help="Dataset: start afresh in a dataset made with other settings."
+)
+@click.option("--image-column", default=None, help="Tables: the column of paths, URLs or image bytes.")
+@click.option(
+    "--id-column", default=None, help="Tables: the column of row ids [default: id/key, else the row number]."
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Dataset: run on this machine, or on a Ray cluster (pip install -e '.[ray]').",
+)
+@click.option(
+    "--ray-address", default=None, help="Ray cluster to join [default: RAY_ADDRESS, else a local one]."
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="Ray: model replicas [default: 1 per GPU, else 1].",
+)
+@click.option(
+    "--gpus-per-replica",
+    type=click.FloatRange(0, 64),
+    default=0.0,
+    show_default=True,
+    help="Ray: GPUs per model replica.",
+)
 def command(
     paths,
     out,
@@ -73,6 +115,15 @@ def command(
     progress,
     backend,
     onnx_path,
+    shard_size,
+    half,
+    overwrite,
+    image_column,
+    id_column,
+    engine,
+    ray_address,
+    replicas,
+    gpus_per_replica,
 ):
     """Embed images, folders (recursively) and video files; unreadable or missing files are reported and
     skipped, and a run that cannot write its output stops before the work.
@@ -85,6 +136,55 @@ def command(
     from ..embedding import check_output, embed_paths, save_embeddings
 
     spec = feature_spec(layer, pool)
+    if not out.lower().endswith((".npy", ".parquet")):
+        if Path(out).suffix and not Path(out).is_dir():
+            raise click.BadParameter(
+                f"{out!r}: give a folder for a dataset, or a file ending with .npy or .parquet",
+                param_hint="--out",
+            )
+        if backend != "torch":
+            raise click.BadParameter("datasets are embedded with the torch backend", param_hint="--backend")
+        _embed_dataset(
+            paths,
+            out,
+            model_choice,
+            spec,
+            batch_size=batch_size,
+            num_workers=workers,
+            num_frames=frames,
+            normalize=normalize,
+            image_size=image_size,
+            high_bit_depth=high_bit_depth,
+            progress=show_progress(progress),
+            shard_size=shard_size,
+            half=half,
+            overwrite=overwrite,
+            image_column=image_column,
+            id_column=id_column,
+            engine=engine,
+            engine_options={
+                "address": ray_address,
+                "replicas": replicas,
+                "gpus_per_replica": gpus_per_replica,
+            }
+            if engine == "ray"
+            else {},
+        )
+        return
+    dataset_only = {
+        "--shard-size": shard_size,
+        "--half": half,
+        "--overwrite": overwrite,
+        "--image-column": image_column,
+        "--id-column": id_column,
+        "--engine ray": engine == "ray",
+    }
+    given = [name for name, value in dataset_only.items() if value]
+    if given:
+        raise click.BadParameter(
+            f"{', '.join(given)} apply to a dataset folder, not a single file", param_hint="--out"
+        )
+    _refuse_collections(paths)
     if onnx_path and backend != "onnxruntime":
         raise click.BadParameter("--onnx needs --backend onnxruntime", param_hint="--onnx")
     if backend == "onnxruntime" and (
@@ -130,3 +230,41 @@ def _onnx_encoder(onnx_path, model_choice, tmp: Path):
         onnx_path = export_onnx(model, tmp / "image.onnx", what="image", check=False)
         del model
     return OnnxEncoder(onnx_path)
+
+
+def _refuse_collections(paths) -> None:
+    """A single-file output takes files and folders; tars, tables, globs and URLs make a dataset."""
+    for p in paths:
+        lowered = str(p).lower()
+        if "://" in lowered or any(c in str(p) for c in "*?[{") or lowered.endswith((".tar", ".csv", ".tsv")):
+            raise click.BadParameter(
+                f"{p}: tars, tables, globs and URLs are embedded into a dataset: give --out a folder",
+                param_hint="PATHS",
+            )
+
+
+def _embed_dataset(paths, out, model_choice, spec, *, engine_options, **options) -> None:
+    """``pe embed ... --out DIR``: the dataset job, then its summary."""
+    from ..datasets.local import embed_dataset
+    from .options import pick_device
+
+    name = model_choice.name or model_choice.checkpoint or default_model()
+    checkpoint = model_choice.checkpoint if model_choice.name else None
+    summary = embed_dataset(
+        list(paths),
+        out,
+        model=name,
+        checkpoint=checkpoint,
+        device=pick_device(model_choice.device),
+        dtype=model_choice.dtype,
+        features=spec,
+        **options,
+        **engine_options,
+    )
+    kept = f", {summary.shards_kept} kept from before" if summary.shards_kept else ""
+    click.echo(
+        f"{summary.root}: {summary.rows} rows, {summary.skipped} skipped, {summary.shards_written} shard(s) "
+        f"written{kept} in {summary.seconds:.1f} s"
+    )
+    if summary.skipped:
+        click.echo(f"skipped inputs and their reasons: {summary.root / 'skipped'}", err=True)

@@ -336,18 +336,21 @@ image_size_option = click.option(
 # --- outputs ------------------------------------------------------------------------------------------------
 
 
-def out_option(
-    suffixes: Sequence[str], what: str, *, required: bool = True, folder: bool = False
-) -> Decorator:
-    """``--out/-o``: a file whose name ends with one of ``suffixes`` (a folder with ``folder=True``)."""
+def out_option(suffixes: Sequence[str], what: str, *, required: bool = True, kind: str = "file") -> Decorator:
+    """``--out/-o``: a file whose name ends with one of ``suffixes`` (no check when empty); ``kind``:
+    ``"file"``, ``"folder"`` or ``"either"``."""
 
     def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
         if value is not None and suffixes and not value.lower().endswith(tuple(suffixes)):
             raise click.BadParameter(f"{value!r} must end with {' or '.join(suffixes)}", ctx, param)
         return value
 
-    kind = click.Path(file_okay=False) if folder else click.Path(dir_okay=False)
-    return click.option("--out", "-o", required=required, type=kind, callback=check, help=what)
+    path = {
+        "file": click.Path(dir_okay=False),
+        "folder": click.Path(file_okay=False),
+        "either": click.Path(),
+    }[kind]
+    return click.option("--out", "-o", required=required, type=path, callback=check, help=what)
 
 
 def check_output_file(path: str, what: str = "output") -> None:

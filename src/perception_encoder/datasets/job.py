@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import remove_stale_temps
 from ..embedding.encoders import FeatureSpec
 from .layout import MANIFEST, SHARDS, SKIPPED, default_shard_size
 from .manifest import DatasetError, Manifest, Settings, read_manifest, settings_difference, write_manifest
@@ -116,6 +117,13 @@ def prepare_output(root: str | os.PathLike, settings: Settings, *, overwrite: bo
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise DatasetError(f"output {str(root)!r} is a file; a dataset is a folder")
+    # temporary files of a job killed while writing: never complete, never read
+    for folder, names in (
+        (root, r"manifest\.json"),
+        (root / SHARDS, r"part-\d+\.parquet"),
+        (root / SKIPPED, r"part-\d+\.parquet"),
+    ):
+        remove_stale_temps(folder, names)
     has_manifest = (root / MANIFEST).is_file()
     if has_manifest and overwrite:
         remove_dataset_files(root)

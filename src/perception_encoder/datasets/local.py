@@ -215,7 +215,7 @@ def run_local(job: Job, root: Path, *, overwrite: bool = False, progress: bool =
     manifest = prepare_output(root, settings, overwrite=overwrite)
     load, encode = job.loader(model), _encoder(job, model)
     items = iter_inputs(list(job.inputs), image_column=job.image_column, id_column=job.id_column)
-    bar = _bar(progress, manifest)
+    bar = _bar(progress, manifest, job)
     written = kept = 0
     for k, shard_items in shards_of(items, settings.shard_size):
         printed = _Fingerprinted(shard_items)
@@ -265,17 +265,26 @@ class _Progress:
             yield item
 
 
-def _bar(progress: bool, manifest: Manifest) -> Any:
+def count_inputs(job: Job) -> int:
+    """How many inputs the job has (listing them once more, without reading any pixels)."""
+    from .sources import iter_inputs
+
+    return sum(
+        1 for _ in iter_inputs(list(job.inputs), image_column=job.image_column, id_column=job.id_column)
+    )
+
+
+def _bar(progress: bool, manifest: Manifest, job: Job) -> Any:
+    """A progress bar over the inputs still to embed (inputs/s and the time left)."""
     if not progress:
         return None
     from tqdm import tqdm
 
     done = sum(s.inputs for s in manifest.shards)
     return tqdm(
+        total=max(0, count_inputs(job) - done),
         desc="embedding",
         unit="input",
-        initial=0,
         file=sys.stderr,
         dynamic_ncols=True,
-        postfix={"done before": done},
     )

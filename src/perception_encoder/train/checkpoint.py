@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, remove_stale_temps
 from ..configs import config_to_dict
 from ..errors import CheckpointError
 
@@ -43,8 +43,8 @@ LAST = "last.pt"
 FORMAT = "perception_encoder.training_state"
 VERSION = 1
 _KEYS = ("model", "model_config", "optimizer", "scheduler", "scaler", "rng", "position", "config")
-# What atomic_write leaves after a SIGKILL: ".<target name>.<8 mkstemp characters>.tmp", for our names only
-_STALE_TEMP = re.compile(r"\.(?:last\.pt|step_\d{7,}\.pt)\.[a-z0-9_]{8}\.tmp")
+# The checkpoint names whose temporary files a killed save leaves behind (atomic.remove_stale_temps)
+_OUR_NAMES = r"last\.pt|step_\d{7,}\.pt"
 
 
 @dataclass
@@ -165,15 +165,7 @@ def remove_stale_temp_files(out_dir: str | Path) -> int:
     Only names of ``atomic_write``'s pattern for our own files are touched (``.last.pt.<8 chars>.tmp``,
     ``.step_XXXXXXX.pt.<8 chars>.tmp``); returns how many were removed (0 when there is no folder).
     """
-    folder = Path(out_dir) / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return 0
-    removed = 0
-    for path in folder.iterdir():
-        if _STALE_TEMP.fullmatch(path.name) and path.is_file():
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    return remove_stale_temps(Path(out_dir) / CHECKPOINT_DIR, _OUR_NAMES)
 
 
 # --- reading ----------------------------------------------------------------------------------------------
