@@ -131,7 +131,7 @@ def test_embed_errors(model_file, images, tmp_path):
     path, _ = model_file
     root, _ = images
     assert (
-        "must end with .npy or .parquet"
+        "give a folder for a dataset, or a file ending with .npy or .parquet"
         in _run("embed", root, "--out", tmp_path / "x.csv", "--model", path).output
     )
     missing = _run("embed", tmp_path / "nope", "--out", tmp_path / "x.npy", "--model", path)

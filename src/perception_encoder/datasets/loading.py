@@ -20,10 +20,11 @@ from urllib.parse import urlsplit
 
 import torch
 
+from ..embedding.files import ImageLoader
+from ..embedding.video import VideoLoader
 from ..errors import PEError
-from ..images import load_image
 from ..input_files import MAX_IMAGE_FILE_BYTES, file_problem
-from ..video import VIDEO_EXTENSIONS, check_num_frames, frames_to_pixels, load_video
+from ..video import VIDEO_EXTENSIONS, check_num_frames
 from .fetch import fetch_url
 from .items import InputItem
 
@@ -103,6 +104,8 @@ class ItemLoader:
             raise ValueError(f"fetch_retries must be an integer >= 0, got {fetch_retries!r}")
         self.transform = transform
         self.num_frames = check_num_frames(num_frames)
+        self.images = ImageLoader(transform)
+        self.videos = VideoLoader(transform, num_frames=self.num_frames)
         self.fetch_timeout = float(fetch_timeout)
         self.fetch_retries = fetch_retries
 
@@ -143,12 +146,12 @@ class ItemLoader:
         raise _Unusable(f"unknown item kind {item.kind!r}")
 
     def _image(self, source: str | bytes) -> torch.Tensor:
-        """A path or encoded bytes -> ``(3, H, W)`` (``load_image`` decodes; the transform resizes)."""
-        return self.transform(load_image(source))
+        """A path or encoded bytes -> ``(3, H, W)`` (``embedding.ImageLoader``)."""
+        return self.images(source)
 
     def _video_file(self, path: str) -> torch.Tensor:
-        """A video file -> ``(n, 3, H, W)``, as ``embedding.video.VideoLoader`` does."""
-        return frames_to_pixels(load_video(path, num_frames=self.num_frames), self.transform)
+        """A video file -> ``(n, 3, H, W)`` (``embedding.VideoLoader``)."""
+        return self.videos(path)
 
     def _video_bytes(self, chunks: Iterator[bytes] | list[bytes], name: str) -> torch.Tensor:
         """Video bytes -> ``(n, 3, H, W)`` through a temporary file (the decoder reads files), removed

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from ..embedding.encoders import FeatureSpec, as_encoder
-from ..embedding.files import iter_embedded, stack_images
-from ..embedding.video import video_encoder
+from ..embedding.files import iter_embedded
+from ..embedding.pipeline import media_encoder
 from .items import InputItem
 from .job import Job, prepare_output, resolve_inputs
 from .manifest import DatasetError, Manifest, ShardRecord, write_manifest
@@ -152,27 +152,10 @@ class _Fingerprinted:
 
 
 def _encoder(job: Job, model: Any) -> Any:
-    """The ``iter_embedded`` encoder: images stacked, videos' frames pooled (``clip.pool_frames``), each
-    row normalised when asked. Inputs of one batch may mix images and videos."""
-    import torch
-    import torch.nn.functional as F
-
-    pixels_to_features = as_encoder(model).features(job.features)
-    images = stack_images(pixels_to_features)
-    videos = video_encoder(pixels_to_features, normalize_frames=job.normalize, batch_size=job.batch_size)
-
-    def encode(items: list[torch.Tensor]) -> torch.Tensor:
-        kinds = [x.ndim == 4 for x in items]  # (n, 3, H, W): a video's frames
-        out: list[torch.Tensor | None] = [None] * len(items)
-        for is_video, fn in ((False, images), (True, videos)):
-            idx = [i for i, v in enumerate(kinds) if v == is_video]
-            if idx:
-                for i, row in zip(idx, fn([items[i] for i in idx]), strict=True):
-                    out[i] = row
-        rows = torch.stack(out)
-        return F.normalize(rows, dim=-1) if job.normalize else rows
-
-    return encode
+    """The ``iter_embedded`` encoder of a job (``embedding.media_encoder``: images and videos, normalised
+    rows when asked)."""
+    features = as_encoder(model).features(job.features)
+    return media_encoder(features, normalize=job.normalize, batch_size=job.batch_size)
 
 
 def _describe(item: InputItem) -> str:

@@ -11,9 +11,10 @@ output row (after the video pooling), so ``pe embed V --normalize`` equals
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,41 @@ class EmbeddingResult:
     notes: list[str] = field(default_factory=list)
 
 
+class MediaLoader:
+    """path -> pixels: ``(3, H, W)`` for an image, ``(n, 3, H, W)`` for a video (by its extension; up to
+    ``num_frames`` frames, ``VideoLoader``). Picklable, for loader processes."""
+
+    def __init__(self, transform: Any, num_frames: int = 8) -> None:
+        self.images = ImageLoader(transform)
+        self.videos = VideoLoader(transform, num_frames=num_frames)
+
+    def __call__(self, path: str | os.PathLike) -> torch.Tensor:
+        return self.videos(Path(path)) if is_video_file(path) else self.images(path)
+
+
+def media_encoder(
+    pixels_to_features: Any, *, normalize: bool = False, batch_size: int = 64
+) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+    """The rows of a batch of media (``iter_embedded``'s ``encode``): images ``(3, H, W)`` stacked through
+    ``pixels_to_features``, videos ``(n, 3, H, W)`` through ``video_encoder`` (frames pooled by
+    ``clip.pool_frames``, each normalised first when ``normalize``), every row L2-normalised when
+    ``normalize``. Images and videos may share a batch; rows come back in the batch's order."""
+    images = stack_images(pixels_to_features)
+    videos = video_encoder(pixels_to_features, normalize_frames=normalize, batch_size=batch_size)
+
+    def encode(items: list[torch.Tensor]) -> torch.Tensor:
+        out: list[torch.Tensor | None] = [None] * len(items)
+        for is_video, fn in ((False, images), (True, videos)):
+            idx = [i for i, x in enumerate(items) if (x.ndim == 4) == is_video]
+            if idx:
+                for i, row in zip(idx, fn([items[i] for i in idx]), strict=True):
+                    out[i] = row
+        rows = torch.stack(out)
+        return F.normalize(rows, dim=-1) if normalize else rows
+
+    return encode
+
+
 def embed_paths(
     model: nn.Module | Encoder,
     paths: Sequence[str | os.PathLike],
@@ -54,51 +90,26 @@ def embed_paths(
     ``export.OnnxEncoder`` of an image graph).
 
     ``features``: the model's own embedding (default; token models: the mean of the output patch tokens),
-    or block ``layer``'s patch-token mean or CLS token (``FeatureSpec``). ``batch_size`` counts images; a
-    batch of videos holds about ``batch_size`` frames. ``image_size``: the input size (default: the
-    model's own). ``high_bit_depth``: how 16-bit and float images become 8-bit (``transforms.to_rgb``).
-    Files that cannot be read are skipped (``result.skipped``), never fatal.
+    or block ``layer``'s patch-token mean or CLS token (``FeatureSpec``). Files are read in order,
+    ``batch_size`` at a time (a video counts as one; its frames go through the model ``batch_size`` at a
+    time). ``image_size``: the input size (default: the model's own). ``high_bit_depth``: how 16-bit and
+    float images become 8-bit (``transforms.to_rgb``). Files that cannot be read are skipped
+    (``result.skipped``), never fatal.
     """
     check_batch_size(batch_size)
     check_num_frames(num_frames, "num_frames (frames per video)")
     encoder = as_encoder(model)
     encode = encoder.features(features)  # checks the layer and the pooling before any file is read
     transform = image_transform(image_size or encoder.image_size, high_bit_depth=high_bit_depth)
-
     files = [Path(p) for p in paths]
-    groups = {
-        "image": [i for i, p in enumerate(files) if not is_video_file(p)],
-        "video": [i for i, p in enumerate(files) if is_video_file(p)],
-    }
-    rows: dict[int, torch.Tensor] = {}
-    skipped: list[Skipped] = []
-    notes: list[str] = []
-    for kind, idx in groups.items():
-        if not idx:
-            continue
-        if kind == "image":
-            load, fn, bs = ImageLoader(transform), stack_images(encode), batch_size
-        else:
-            load = VideoLoader(transform, num_frames=num_frames)
-            fn = video_encoder(encode, normalize_frames=normalize, batch_size=batch_size)
-            bs = max(1, batch_size // num_frames)
-        out = embed_files(
-            [files[i] for i in idx],
-            load,
-            fn,
-            batch_size=bs,
-            num_workers=num_workers,
-            progress=progress,
-            desc=f"embedding {kind}s",
-        )
-        skipped += out.skipped
-        notes += [n for n in out.notes if n not in notes]
-        for j, emb in zip(out.index, out.values, strict=True):
-            rows[idx[j]] = emb
-    order = sorted(rows)
-    if not order:
-        return EmbeddingResult(torch.empty(0, 0), [], skipped, notes)
-    embs = torch.stack([rows[i] for i in order]).float()
-    if normalize:
-        embs = F.normalize(embs, dim=-1)
-    return EmbeddingResult(embs, [files[i] for i in order], skipped, notes)
+    out = embed_files(
+        files,
+        MediaLoader(transform, num_frames),
+        media_encoder(encode, normalize=normalize, batch_size=batch_size),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+    )
+    if not out.index:
+        return EmbeddingResult(torch.empty(0, 0), [], out.skipped, out.notes)
+    return EmbeddingResult(out.values.float(), [files[i] for i in out.index], out.skipped, out.notes)
