@@ -288,3 +288,26 @@ def test_queries_are_embedded_like_the_rows(model_file, tmp_path):
     assert ds.embed_queries(texts=["a red square"]).shape == (1, 16)
     os.utime(model_file, None)  # touching the weights does not change their hash
     assert ds.embed_queries(texts=["x"]).shape == (1, 16)
+
+
+def test_loader_processes_do_not_hang_after_the_parent_used_its_thread_pool(tmp_path):
+    """A process forked while torch's thread pool is warm hangs in its first parallel op unless it runs one
+    thread; big images make the transform parallel. In a subprocess, so a hang fails instead of blocking."""
+    script = f"""
+import numpy as np, torch
+from PIL import Image
+from perception_encoder.embedding import ImageLoader, embed_files, stack_images
+from perception_encoder.transforms import image_transform
+torch.set_num_threads(2)
+torch.ones(2000, 2000) @ torch.ones(2000, 2000)  # the parent's pool has run
+paths = []
+for i in range(6):
+    paths.append("{tmp_path}/big%d.png" % i)
+    Image.fromarray(np.full((900, 1200, 3), i * 20, np.uint8)).save(paths[-1])
+out = embed_files(paths, ImageLoader(image_transform(448)), stack_images(lambda x: x.mean(dim=(2, 3))),
+                  batch_size=2, num_workers=2)
+assert out.values.shape == (6, 3), out
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr

@@ -131,7 +131,7 @@ def ordered_map(
     import torch.multiprocessing as mp
 
     context = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
         pending: deque[tuple[Any, Any]] = deque()
         stream = iter(items)
         for item in itertools.islice(stream, max(1, window)):
@@ -145,6 +145,12 @@ def ordered_map(
 
 
 _END = object()
+
+
+def _one_thread() -> None:
+    """In a loader process: one torch thread. A process forked while the parent's thread pool was busy
+    would otherwise wait forever on that pool in its first parallel op (DataLoader's workers do the same)."""
+    torch.set_num_threads(1)
 
 
 @dataclass
