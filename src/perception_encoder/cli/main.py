@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "Contrastive training / fine-tuning with PE's recipe."),
     "eval": ("evaluate", "Zero-shot, retrieval, linear-probe and k-NN evaluation."),
     "export": ("export", "Export a model to ONNX."),
+    "index": ("index", "Build the vector index of an embedding dataset."),
+    "search": ("search", "Search an embedding dataset with text or image queries."),
+    "dedup": ("dedup", "Groups of near-duplicate rows of an embedding dataset."),
 }
 
 
