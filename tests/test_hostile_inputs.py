@@ -289,3 +289,16 @@ def test_device_auto_works_in_every_model_command(model_file, tmp_path):
     assert _run("classify", good, "-l", "a,b", "-m", model_file, "--device", "auto").exit_code == 0
     result = _run("features", good, "-o", tmp_path / "f.npy", "-m", model_file, "--device", "auto")
     assert result.exit_code == 0, result.output
+
+
+def test_help_and_version_exit_cleanly():
+    """click's own exits (--help, --version) are not user errors (they subclass RuntimeError)."""
+    for args in (
+        ["--help"],
+        ["--version"],
+        ["classify", "--help"],
+        ["embed", "--help"],
+        ["eval", "zeroshot", "--help"],
+    ):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0 and "Error" not in result.output, (args, result.output)

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("info", "Describe a checkpoint: format, family, dims, parameters."),
     "convert": ("convert", "Convert a checkpoint between formats."),
     "classify": ("classify", "Zero-shot classify images or videos against labels."),
-    "embed": ("embed", "Embed images, folders or videos into .npy / .parquet."),
+    "embed": ("embed", "Embed files, folders, tars, tables or URLs into a dataset (or one .npy / .parquet)."),
     "features": ("features", "Save per-patch feature maps of an image."),
     "pca": ("pca", "PCA-to-RGB picture of an image's patch features."),
     "similarity": ("similarity", "Similarity heatmap from a point or a text prompt."),

@@ -47,8 +47,8 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
-    except click.ClickException:
-        raise
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
+        raise  # click's own: usage errors, --help and --version exits (Exit and Abort are RuntimeErrors)
     except UnknownModelError as exc:
         raise click.ClickException(str(exc)) from exc
     except (ValueError, TypeError, IndexError, KeyError, OSError, ImportError, RuntimeError) as exc:
