@@ -30,8 +30,11 @@ from .shards import row_schema, write_shard
 
 #: Memory a decoding task asks Ray for (a batch of decoded images; also what keeps it a separate stage).
 DECODE_MEMORY = 512 << 20
-#: Shards sent to Ray in one execution: bounds what the driver and the object store hold at once.
+#: Shards sent to Ray in one execution, and the inputs they may hold together (a window holds at least one
+#: shard): bounds what the driver and the object store hold at once. Inputs from tables of image bytes
+#: carry their bytes, so such jobs want a smaller --shard-size on Ray.
 SHARDS_IN_FLIGHT = 8
+INPUTS_IN_FLIGHT = 100_000
 
 
 def _ray():
@@ -160,6 +163,16 @@ def _pending_shards(
         yield k, listed, (printed.first or 0, printed.count, printed.hexdigest())
 
 
+def _window(pending: Iterator[tuple[int, list[InputItem], tuple[int, int, str]]]) -> list:
+    """The next shards to send: up to ``SHARDS_IN_FLIGHT``, and ``INPUTS_IN_FLIGHT`` inputs after the first."""
+    window: list = []
+    for shard in pending:
+        window.append(shard)
+        if len(window) == SHARDS_IN_FLIGHT or sum(len(items) for _, items, _ in window) >= INPUTS_IN_FLIGHT:
+            break
+    return window
+
+
 def run_ray(
     job: Job,
     root: Path,
@@ -200,8 +213,7 @@ def run_ray(
         threads = threads_per_replica or max(1, cpus // n_replicas)
         pending = _pending_shards(job, root, manifest, settings.shard_size)
         while True:
-            window = [next(pending, None) for _ in range(SHARDS_IN_FLIGHT)]
-            window = [w for w in window if w is not None]
+            window = _window(pending)
             if not window:
                 break
             rows = [

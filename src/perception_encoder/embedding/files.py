@@ -131,7 +131,7 @@ def ordered_map(
     import torch.multiprocessing as mp
 
     context = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_loader_process) as pool:
         pending: deque[tuple[Any, Any]] = deque()
         stream = iter(items)
         for item in itertools.islice(stream, max(1, window)):
@@ -147,10 +147,18 @@ def ordered_map(
 _END = object()
 
 
-def _one_thread() -> None:
-    """In a loader process: one torch thread. A process forked while the parent's thread pool was busy
-    would otherwise wait forever on that pool in its first parallel op (DataLoader's workers do the same)."""
+def _loader_process() -> None:
+    """Set up a loader process: one torch thread (a process forked while the parent's thread pool was busy
+    would otherwise wait forever on that pool in its first parallel op; DataLoader's workers do the same),
+    and a lower priority than the model's process (``LOADER_NICENESS``): on a CPU that the model keeps busy,
+    decoding fills the gaps instead of stalling the model's threads, which wait for each other."""
     torch.set_num_threads(1)
+    if LOADER_NICENESS and hasattr(os, "nice"):
+        os.nice(LOADER_NICENESS)
+
+
+#: How much lower the scheduling priority of loader processes is than the main process's (``os.nice``).
+LOADER_NICENESS = int(os.environ.get("PE_LOADER_NICENESS", "10"))
 
 
 @dataclass
