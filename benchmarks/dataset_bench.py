@@ -75,7 +75,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="PE-Core-B16-224")
-    parser.add_argument("--images", type=int, default=256, help="images for pipeline vs model")
+    parser.add_argument("--images", type=int, default=256, help="images for pipeline vs model (0: skip)")
     parser.add_argument("--ray-images", type=int, default=2000, help="images for ray vs local (0: skip)")
     parser.add_argument("--ray-model", default="PE-Core-T16-384", help="model of the ray vs local job")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -94,25 +94,26 @@ def main() -> None:
     print(f"# {args.model}, batch {args.batch_size}, {threads} torch threads, {os.cpu_count()} CPUs")
 
     photos = make_photos(cache / "photos", max(args.images, args.ray_images))
-    small = cache / f"photos{args.images}"
-    if not small.exists():
-        small.mkdir()
-        for p in photos[: args.images]:
-            os.link(p, small / p.name)
-    tf = image_transform(model.visual.config.image_size)
-    pixels = torch.stack([tf(p) for p in photos[: args.images]])
     options = {"batch_size": args.batch_size, "num_workers": args.workers, "shard_size": 4096}
+    if args.images:
+        small = cache / f"photos{args.images}"
+        if not small.exists():
+            small.mkdir()
+            for p in photos[: args.images]:
+                os.link(p, small / p.name)
+        tf = image_transform(model.visual.config.image_size)
+        pixels = torch.stack([tf(p) for p in photos[: args.images]])
 
-    alone, job = [], []
-    time_model_alone(model, pixels[: args.batch_size], args.batch_size)  # warm-up
-    for _ in range(args.rounds):
-        alone.append(time_model_alone(model, pixels, args.batch_size))
-        job.append(time_job(small, checkpoint, cache / "out-local", **options))
-    rate_alone, rate_job = args.images / statistics.median(alone), args.images / statistics.median(job)
-    print(f"\n| {args.images} images | images/s |\n|---|---|")
-    print(f"| model alone, pre-decoded tensors | {rate_alone:.1f} |")
-    print(f"| pe embed into a dataset ({args.workers} loader process) | {rate_job:.1f} |")
-    print(f"| ratio (goal >= 0.9) | {rate_job / rate_alone:.2f}x |")
+        alone, job = [], []
+        time_model_alone(model, pixels[: args.batch_size], args.batch_size)  # warm-up
+        for _ in range(args.rounds):
+            alone.append(time_model_alone(model, pixels, args.batch_size))
+            job.append(time_job(small, checkpoint, cache / "out-local", **options))
+        rate_alone, rate_job = args.images / statistics.median(alone), args.images / statistics.median(job)
+        print(f"\n| {args.images} images | images/s |\n|---|---|")
+        print(f"| model alone, pre-decoded tensors | {rate_alone:.1f} |")
+        print(f"| pe embed into a dataset ({args.workers} loader process) | {rate_job:.1f} |")
+        print(f"| ratio (goal >= 0.9) | {rate_job / rate_alone:.2f}x |")
 
     if args.ray_images:
         import ray

@@ -311,3 +311,13 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
+
+
+def test_inputs_removed_from_the_end_are_refused(model_file, tmp_path):
+    root = _folder(tmp_path / "imgs", 9, bad=0)
+    out = tmp_path / "ds"
+    embed_dataset([root], out, model=model_file, shard_size=4)  # shards of 4, 4, 1 inputs
+    assert open_dataset(out).ids()[-1] == "sub/img0008.png"
+    (root / "sub" / "img0008.png").unlink()  # the last shard's only input: shards 0 and 1 still match
+    with pytest.raises(DatasetError, match=r"shard\(s\) 2 hold inputs that are gone"):
+        embed_dataset([root], out, model=model_file, shard_size=4)

@@ -133,4 +133,3 @@ def remove_stale_temps(folder: str | os.PathLike, names: str) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
-

@@ -199,8 +199,9 @@ def run_local(job: Job, root: Path, *, overwrite: bool = False, progress: bool =
     load, encode = job.loader(model), _encoder(job, model)
     items = iter_inputs(list(job.inputs), image_column=job.image_column, id_column=job.id_column)
     bar = _bar(progress, manifest, job)
-    written = kept = 0
+    written = kept = listed = 0
     for k, shard_items in shards_of(items, settings.shard_size):
+        listed = k + 1
         printed = _Fingerprinted(shard_items)
         done = manifest.shard(k)
         if done is not None:
@@ -219,6 +220,7 @@ def run_local(job: Job, root: Path, *, overwrite: bool = False, progress: bool =
         manifest.shards.append(record)
         write_manifest(root, manifest)
         written += 1
+    check_no_extra_shards(root, manifest, listed)
     manifest.complete = True
     write_manifest(root, manifest)
     if bar is not None:
@@ -232,6 +234,16 @@ def _check_same(root: Path, record: ShardRecord, printed: _Fingerprinted) -> Non
             f"{root}: the inputs of shard {record.index} changed since it was written ({record.inputs} inputs "
             f"then, {printed.count} now, or other names): files were added or removed. Use --overwrite to start "
             "afresh, or a new output folder"
+        )
+
+
+def check_no_extra_shards(root: Path, manifest: Manifest, listed: int) -> None:
+    """Refuse a dataset holding shards past the ``listed`` shards of the inputs: inputs were removed."""
+    extra = sorted(s.index for s in manifest.shards if s.index >= listed)
+    if extra:
+        raise DatasetError(
+            f"{root}: shard(s) {', '.join(map(str, extra))} hold inputs that are gone (the inputs give {listed} "
+            "shard(s) now): files were removed. Use --overwrite to start afresh, or a new output folder"
         )
 
 

@@ -24,12 +24,13 @@ import numpy as np
 
 from .items import InputItem
 from .job import Job, prepare_output
-from .local import DatasetSummary, _check_same, _Fingerprinted, shards_of
+from .local import DatasetSummary, _check_same, _Fingerprinted, check_no_extra_shards, shards_of
 from .manifest import ShardRecord, write_manifest
 from .shards import row_schema, write_shard
 
-#: Memory a decoding task asks Ray for (a batch of decoded images; also what keeps it a separate stage).
-DECODE_MEMORY = 512 << 20
+#: Memory a decoding task asks Ray for (~560 MiB measured: the process with torch and a batch of images;
+#: a request unlike the actors' is also what keeps decoding a stage of its own).
+DECODE_MEMORY = 768 << 20
 #: Shards sent to Ray in one execution, and the inputs they may hold together (a window holds at least one
 #: shard): bounds what the driver and the object store hold at once. Inputs from tables of image bytes
 #: carry their bytes, so such jobs want a smaller --shard-size on Ray.
@@ -149,18 +150,22 @@ def _connect(address: str | None) -> bool:
 def _pending_shards(
     job: Job, root: Path, manifest: Any, size: int
 ) -> Iterator[tuple[int, list[InputItem], tuple[int, int, str]]]:
-    """``(k, items, (first, count, fingerprint))`` of each shard still to write; done ones are checked."""
+    """``(k, items, (first, count, fingerprint))`` of each shard still to write; done ones are checked, and
+    so is the end (``check_no_extra_shards``) once every shard was listed."""
     from .sources import iter_inputs
 
     items = iter_inputs(list(job.inputs), image_column=job.image_column, id_column=job.id_column)
+    listed = 0
     for k, shard_items in shards_of(items, size):
+        listed = k + 1
         printed = _Fingerprinted(shard_items)
-        listed = list(printed)
+        inputs = list(printed)
         done = manifest.shard(k)
         if done is not None:
             _check_same(root, done, printed)
             continue
-        yield k, listed, (printed.first or 0, printed.count, printed.hexdigest())
+        yield k, inputs, (printed.first or 0, printed.count, printed.hexdigest())
+    check_no_extra_shards(root, manifest, listed)
 
 
 def _window(pending: Iterator[tuple[int, list[InputItem], tuple[int, int, str]]]) -> list:
