@@ -272,7 +272,9 @@ def load(
     if layers is not None or image_size is not None:
         native = fit_to_tower(native, want, source)
     elif isinstance(want, VisionConfig):
-        native = drop_unused_head(native, want, source)
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in _builder(want)().state_dict().items()}
+        native = drop_unused_head(native, want, source, expected)
     return load_into(
         _builder(want),
         native,

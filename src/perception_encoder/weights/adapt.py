@@ -49,17 +49,31 @@ def _summary(keys: list[str]) -> str:
     return ", ".join(groups)
 
 
-def drop_unused_head(native: Mapping[str, torch.Tensor], config: VisionConfig, source: str) -> StateDict:
-    """``native`` (a vision tower's keys) without the head keys ``config`` has no place for, logged."""
+def drop_unused_head(
+    native: Mapping[str, torch.Tensor],
+    config: VisionConfig,
+    source: str,
+    expected: Mapping[str, tuple[int, ...]] | None = None,
+) -> StateDict:
+    """``native`` (a vision tower's keys) without the head keys ``config`` has no place for, logged.
+
+    With ``expected`` (the tower's key -> shape), the head is dropped only when the rest then fits exactly:
+    a file for another model keeps its head, so the strict check describes it as it is."""
     dropped = _head_keys(config, list(native))
-    if dropped:
-        log.info(
-            "%s: dropped %d key(s) of a head the tower does not have (%s)",
-            source,
-            len(dropped),
-            _summary(dropped),
-        )
-    return {k: v for k, v in native.items() if k not in dropped}
+    if not dropped:
+        return dict(native)
+    rest = {k: v for k, v in native.items() if k not in dropped}
+    if expected is not None and (
+        set(rest) != set(expected) or any(tuple(rest[k].shape) != tuple(expected[k]) for k in rest)
+    ):
+        return dict(native)
+    log.info(
+        "%s: dropped %d key(s) of a head the tower does not have (%s)",
+        source,
+        len(dropped),
+        _summary(dropped),
+    )
+    return rest
 
 
 def tower_config(
