@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -708,7 +709,7 @@ def test_item_loader_loads_videos_from_files_members_and_urls(tmp_path, server, 
     assert want.shape == (4, 3, SIZE, SIZE)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    monkeypatch.setattr(loading_module.tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where VideoLoader.load_bytes writes
     server.video = video.read_bytes()
     tar = write_tar(
         tmp_path / "v.tar", [("v1.mp4", video.read_bytes()), ("v1.txt", b"a clip"), ("v2.txt", b"")]

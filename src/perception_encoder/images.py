@@ -29,8 +29,9 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _decode(data: bytes, name: str) -> Image.Image:
-    """Open and fully decode encoded image bytes; every failure becomes an ImageLoadError naming ``name``."""
+def _decode(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode encoded image bytes; every failure becomes an ImageLoadError naming ``name``.
+    ``max_pixels``: refuse, from the header and before decoding, an image of more pixels (width x height)."""
     if len(data) == 0:
         raise ImageLoadError(f"cannot read image {name}: the file is empty (0 bytes)")
     try:
@@ -50,6 +51,11 @@ def _decode(data: bytes, name: str) -> Image.Image:
             f"cannot read image {name}: corrupt or truncated image header ({type(exc).__name__}: {exc})"
         ) from exc
     fmt = img.format or "image"
+    if max_pixels is not None and img.width * img.height > max_pixels:
+        raise ImageLoadError(
+            f"cannot read image {name}: too many pixels ({img.width}x{img.height} = "
+            f"{img.width * img.height:,}; the limit is {max_pixels:,})"
+        )
     try:
         # decode now: a truncated file must fail here, not later inside a transform or a worker
         img.load()
@@ -66,7 +72,9 @@ def _decode(data: bytes, name: str) -> Image.Image:
     return img
 
 
-def load_image(source: ImageSource, exif_transpose: bool = False) -> Image.Image:
+def load_image(
+    source: ImageSource, exif_transpose: bool = False, *, max_pixels: int | None = None
+) -> Image.Image:
     """Read an image from a path, encoded bytes, or a PIL image, fully decoded, in its original mode.
 
     Args:
@@ -74,14 +82,17 @@ def load_image(source: ImageSource, exif_transpose: bool = False) -> Image.Image
             (returned as is after making sure its pixels are decoded).
         exif_transpose: rotate/flip according to the EXIF orientation tag. Off by default because the
             reference pipeline does not do it (and embeddings would differ for rotated photos).
+        max_pixels: for paths and bytes, the most pixels (width x height) an image may have, checked from
+            its header before its pixels are decoded (a decompression bomb is refused without the memory
+            it would take); ``None``: only Pillow's own ``Image.MAX_IMAGE_PIXELS`` guard.
 
     Returns:
         A ``PIL.Image.Image`` (for multi-frame files, the first frame).
 
     Raises:
         ImageLoadError: the file is missing, not a regular file (a folder, a FIFO, a device: never
-            opened), larger than ``input_files.MAX_IMAGE_FILE_BYTES``, empty, not an image, or
-            truncated/corrupt; the message names the file and the reason.
+            opened), larger than ``input_files.MAX_IMAGE_FILE_BYTES``, empty, not an image, over
+            ``max_pixels``, or truncated/corrupt; the message names the file and the reason.
         TypeError: ``source`` is none of the accepted types.
     """
     if isinstance(source, Image.Image):
@@ -94,11 +105,11 @@ def load_image(source: ImageSource, exif_transpose: bool = False) -> Image.Image
             ) from exc
         img = source
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        img = _decode(bytes(source), f"<{len(source)} bytes>")
+        img = _decode(bytes(source), f"<{len(source)} bytes>", max_pixels)
     elif isinstance(source, (str, os.PathLike)):
         # regular files only, read once and whole (no handle stays open, as multi-frame formats keep one)
         data = read_bytes(source, MAX_IMAGE_FILE_BYTES, "image", ImageLoadError)
-        img = _decode(data, str(Path(source)))
+        img = _decode(data, str(Path(source)), max_pixels)
     else:
         raise TypeError(f"load_image expects a path, bytes or a PIL image, got {type(source).__name__}")
     if exif_transpose:

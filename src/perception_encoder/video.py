@@ -221,6 +221,12 @@ def video_info(path: PathLike) -> VideoInfo:
         return VideoInfo(v.metadata_frames or v.packet_count(), v.rate)
 
 
+def frame_size(path: PathLike) -> tuple[int, int]:
+    """``(width, height)`` of a video's frames, from its header, without decoding a frame."""
+    with _Opened(path) as v:
+        return int(v.stream.width or 0), int(v.stream.height or 0)
+
+
 def load_frames(path: PathLike, pick: Callable[[int], Sequence[int]]) -> torch.Tensor:
     """The frames ``pick(T)`` chooses among a video's ``T`` frames (presentation order, repeats allowed)
     -> uint8 ``(n, H, W, 3)``, decoding only up to the last one.

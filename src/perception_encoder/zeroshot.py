@@ -42,6 +42,25 @@ def _fill(template: str | Callable[[str], str], classname: str) -> str:
     return template(classname) if callable(template) else check_template(template).format(classname)
 
 
+def zero_shot_prompts(
+    classnames: Sequence[str], templates: Sequence[str | Callable[[str], str]]
+) -> list[str]:
+    """Every template filled with every class name, class by class: ``len(classnames) * len(templates)``
+    prompts (``ValueError`` for no class, no template, or a template that is not ``check_template``'s)."""
+    if not classnames:
+        raise ValueError("zero-shot classification needs at least one class name")
+    if not templates:
+        raise ValueError("zero-shot classification needs at least one prompt template")
+    return [_fill(t, c) for c in classnames for t in templates]
+
+
+def classifier_from_prompts(prompt_embeddings: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The classifier ``(D, C)`` from the L2-normalised embeddings ``(C * T, D)`` of ``zero_shot_prompts``:
+    each class's template embeddings averaged, the mean renormalised."""
+    per_prompt = prompt_embeddings.float().view(num_classes, -1, prompt_embeddings.shape[-1])
+    return F.normalize(per_prompt.mean(dim=1), dim=-1).T.contiguous()
+
+
 @torch.no_grad()
 def zero_shot_classifier(
     model,
@@ -57,24 +76,18 @@ def zero_shot_classifier(
     ``classname -> prompt``; ``tokenizer``
     defaults to the CLIP tokenizer at the model's context length.
     """
-    if not classnames:
-        raise ValueError("zero-shot classification needs at least one class name")
-    if not templates:
-        raise ValueError("zero-shot classification needs at least one prompt template")
+    prompts = zero_shot_prompts(classnames, templates)
     if tokenizer is None:
         from .tokenization import tokenizer as make_tokenizer
 
         tokenizer = make_tokenizer(model.text.context_length)
-    prompts = [_fill(t, c) for c in classnames for t in templates]
     device = model.logit_scale.device
     embs = []
     for i in range(0, len(prompts), batch_size):
         ids = tokenizer(prompts[i : i + batch_size]).to(device)
         emb = model.encode_text(ids, normalize=True).float()
         embs.append(check_finite(emb, f"the prompt {prompts[i]!r} (or its batch)", model))
-    per_prompt = torch.cat(embs).view(len(classnames), len(templates), -1)
-    classifier = F.normalize(per_prompt.mean(dim=1), dim=-1)
-    return classifier.T.contiguous()
+    return classifier_from_prompts(torch.cat(embs), len(classnames))
 
 
 def zero_shot_logits(

@@ -90,32 +90,62 @@ class EmbeddingDataset:
 
     # --- queries -------------------------------------------------------------------------------------
 
+    def check_weights(self, name: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> None:
+        """``DatasetError`` unless the weights ``pe.load(name, checkpoint=checkpoint)`` reads hash to the
+        manifest's SHA-256 (queries from other weights cannot be compared with the rows)."""
+        from ..factory import checkpoint_sha256
+
+        s = self.settings
+        sha = checkpoint_sha256(name, checkpoint)
+        if sha != s.checkpoint_sha256:
+            given = str(name) if checkpoint is None else f"{name} ({checkpoint})"
+            raise DatasetError(
+                f"{self.root}: the weights of {given!r} hash to {sha[:12]}..., the dataset was made with "
+                f"{s.model!r} whose weights hashed to {s.checkpoint_sha256[:12]}...; its rows cannot be "
+                "compared with queries from this model"
+            )
+
     def load_model(self, device: str | None = None) -> Any:
         """The model the manifest names, loaded once (its checkpoint must still hash to the manifest's)."""
         if self._model is None:
-            from ..factory import checkpoint_sha256, load
+            from ..factory import load
 
             s = self.settings
             name, checkpoint = s.weights()
-            sha = checkpoint_sha256(name, checkpoint)
-            if sha != s.checkpoint_sha256:
-                raise DatasetError(
-                    f"{self.root}: the weights of {s.model!r} now hash to {sha[:12]}..., the dataset was made with "
-                    f"{s.checkpoint_sha256[:12]}...; its rows cannot be compared with queries from this model"
-                )
+            self.check_weights(name, checkpoint)
             self._model = load(name, checkpoint=checkpoint, device=device, dtype=s.dtype)
         return self._model
 
+    @property
+    def features(self) -> Any:
+        """The ``embedding.FeatureSpec`` the rows were computed with (the pooled embedding, or block
+        features)."""
+        from ..embedding import FeatureSpec
+
+        s = self.settings
+        return FeatureSpec(pool=s.pool, layer=-1 if s.layer is None else s.layer)
+
+    def image_transform(self) -> Any:
+        """The preprocessing of the rows' images (``transforms.ImageTransform``: a path or encoded bytes ->
+        ``(3, H, W)``), at the dataset's input size and high-bit-depth rule."""
+        from ..transforms import image_transform
+
+        s = self.settings
+        return image_transform(tuple(s.image_size), high_bit_depth=s.high_bit_depth)
+
     def embed_queries(
-        self, texts: Sequence[str] = (), images: Sequence[str | os.PathLike] = ()
+        self, texts: Sequence[str] = (), images: Sequence[str | os.PathLike] = (), *, model: Any = None
     ) -> torch.Tensor:
         """Query vectors ``(len(texts) + len(images), D)`` in the dataset's space: images through the same
         pipeline and settings as the rows; texts through the text tower (only for datasets of a CLIP
-        model's pooled embeddings). Normalised as the rows are."""
-        from ..embedding import FeatureSpec, embed_paths, embed_texts, require_clip
+        model's pooled embeddings). Normalised as the rows are.
+
+        ``model``: a model already loaded with the manifest's weights (a server checks them once with
+        ``check_weights``); by default the manifest's model is loaded (``load_model``)."""
+        from ..embedding import embed_paths, embed_texts, require_clip
 
         s = self.settings
-        model = self.load_model()
+        model = self.load_model() if model is None else model
         out = []
         if texts:
             require_clip(model, "a text query")
@@ -129,7 +159,7 @@ class EmbeddingDataset:
             result = embed_paths(
                 model,
                 list(images),
-                features=FeatureSpec(pool=s.pool, layer=-1 if s.layer is None else s.layer),
+                features=self.features,
                 num_frames=s.frames,
                 normalize=s.normalize,
                 image_size=tuple(s.image_size),

@@ -4,11 +4,19 @@
 5xx and 429) with a short exponential backoff, never retries what will not (other 4xx, a body over the size
 limit, a scheme other than http/https), and never reads more than the limit plus one byte. Every failure is
 a ``FetchError`` whose message names the URL and the reason.
+
+``allow_private=False`` (the server's URL policy) connects only to public addresses: every address a host
+resolves to is checked when the connection is made (each redirect too, so a public URL cannot redirect to
+a private one, and the address checked is the address connected to: no second lookup to rebind), and no
+proxy is used, since a proxy would make the connection on our behalf.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
+import ipaddress
+import socket
 import ssl
 import time
 import urllib.error
@@ -32,6 +40,10 @@ class FetchError(PEError, OSError):
     body over the size limit. The message names the URL and the reason."""
 
 
+class AddressRefused(FetchError):
+    """A URL whose host resolves to an address that is not public (``fetch_url(..., allow_private=False)``)."""
+
+
 class _Retry(Exception):
     """An attempt that failed in a way another attempt may not (the message is the reason)."""
 
@@ -43,6 +55,77 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         if urlsplit(newurl).scheme.lower() not in _SCHEMES:
             raise FetchError(f"cannot fetch {req.full_url}: it redirects to {newurl}, which is not http(s)")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def is_public_address(address: str) -> bool:
+    """Whether ``address`` (an IPv4 or IPv6 literal) is a public unicast address: not private, loopback,
+    link-local, multicast, reserved or unspecified (an IPv4-mapped IPv6 address is judged as its IPv4)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 scope id (fe80::1%eth0) is no part of it
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _public_connection(
+    address: tuple[str, int], timeout: object = socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None
+):
+    """``socket.create_connection`` to public addresses only: the host is resolved once, every address it
+    resolves to is checked (one private address refuses the host), and the checked addresses are the ones
+    connected to."""
+    host, port = address
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise OSError(f"cannot resolve {host}: {e.strerror or e}") from None
+    for *_, sockaddr in infos:
+        if not is_public_address(sockaddr[0]):
+            raise AddressRefused(f"{host} resolves to {sockaddr[0]}, which is not a public address")
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as e:
+            error = e
+            sock.close()
+    raise error or OSError(f"cannot connect to {host}")
+
+
+def _public_only(connection_class: type[http.client.HTTPConnection]):
+    """A connection factory for ``AbstractHTTPHandler.do_open`` whose connections go through
+    ``_public_connection``."""
+
+    @functools.wraps(connection_class)
+    def make(*args, **kwargs):
+        conn = connection_class(*args, **kwargs)
+        conn._create_connection = _public_connection
+        return conn
+
+    return make
+
+
+class _PublicHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_public_only(http.client.HTTPConnection), req)
+
+
+class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_public_only(http.client.HTTPSConnection), req, context=self._context)
+
+
+def _opener(allow_private: bool) -> urllib.request.OpenerDirector:
+    if allow_private:
+        return urllib.request.build_opener(_Redirects)
+    # no proxy: a proxy would connect for us, to any address
+    return urllib.request.build_opener(
+        _Redirects, urllib.request.ProxyHandler({}), _PublicHTTPHandler, _PublicHTTPSHandler
+    )
 
 
 def _request_url(url: str) -> str:
@@ -113,6 +196,8 @@ def _attempt(opener: urllib.request.OpenerDirector, url: str, timeout: float, ma
             raise _Retry(reason) from None
         raise FetchError(f"cannot fetch {url}: {reason}") from None
     except urllib.error.URLError as e:
+        if isinstance(e.reason, AddressRefused):  # the same host resolves the same way next time
+            raise AddressRefused(f"cannot fetch {url}: {e.reason}") from None
         if isinstance(e.reason, ssl.SSLCertVerificationError):  # another try gets the same certificate
             raise FetchError(f"cannot fetch {url}: {e.reason}") from None
         if isinstance(e.reason, TimeoutError):
@@ -129,7 +214,12 @@ def _attempt(opener: urllib.request.OpenerDirector, url: str, timeout: float, ma
 
 
 def fetch_url(
-    url: str, *, timeout: float = 30, retries: int = 3, max_bytes: int = MAX_IMAGE_FILE_BYTES
+    url: str,
+    *,
+    timeout: float = 30,
+    retries: int = 3,
+    max_bytes: int = MAX_IMAGE_FILE_BYTES,
+    allow_private: bool = True,
 ) -> bytes:
     """The body of the http(s) ``url``.
 
@@ -141,13 +231,15 @@ def fetch_url(
             errors (404, 403, ...) are final at once.
         max_bytes: the largest body accepted: a larger ``Content-Length`` is refused before reading, and
             the body is read at most ``max_bytes + 1`` bytes.
+        allow_private: ``False``: connect only to public addresses, without a proxy (the module
+            docstring); a host that resolves to another address is an ``AddressRefused``, never retried.
 
     Raises:
         FetchError: naming the URL and the reason (with the number of attempts when there were several).
     """
     _check_limits(timeout, retries, max_bytes)
     _request_url(url)  # a URL that cannot be fetched fails before any request
-    opener = urllib.request.build_opener(_Redirects)
+    opener = _opener(allow_private)
     reason = ""
     for attempt in range(retries + 1):
         if attempt:

@@ -12,7 +12,6 @@ is reported and skipped without stopping the job.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 from typing import Any
@@ -154,19 +153,6 @@ class ItemLoader:
         return self.videos(path)
 
     def _video_bytes(self, chunks: Iterator[bytes] | list[bytes], name: str) -> torch.Tensor:
-        """Video bytes -> ``(n, 3, H, W)`` through a temporary file (the decoder reads files), removed
-        afterwards; errors name ``name``, not the temporary file."""
-        suffix = os.path.splitext(name)[1].lower()
-        fd, tmp = tempfile.mkstemp(prefix="pe-video-", suffix=suffix)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-            return self._video_file(tmp)
-        except PEError as e:
-            raise _Unusable(str(e).replace(tmp, name)) from e
-        finally:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        """Video bytes -> ``(n, 3, H, W)`` (``VideoLoader.load_bytes``: through a temporary file, removed
+        afterwards; errors name ``name``, not the temporary file)."""
+        return self.videos.load_bytes(chunks, name)

@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +19,59 @@ import torch
 import torch.nn.functional as F
 
 from ..clip import pool_frames
-from ..video import approx_frame_times, check_num_frames, frames_to_pixels, iter_video_chunks, load_video
+from ..errors import PEError, VideoLoadError
+from ..video import (
+    approx_frame_times,
+    check_num_frames,
+    frame_size,
+    frames_to_pixels,
+    iter_video_chunks,
+    load_video,
+)
 from .encoders import FeatureSpec, PixelsToFeatures, as_encoder, vision_tower
 
 
 class VideoLoader:
     """path -> ``(n, 3, H, W)``: up to ``num_frames`` frames sampled as ``video.load_video`` does (each frame
-    of a shorter video once), each through the image transform. Picklable for DataLoader workers."""
+    of a shorter video once), each through the image transform. ``max_pixels``: refuse, from the header
+    and before decoding, a video whose frames have more pixels (n frames of W x H RGB are held at once).
+    Picklable for DataLoader workers."""
 
-    def __init__(self, transform: Callable[[Any], torch.Tensor], num_frames: int = 8) -> None:
+    def __init__(
+        self, transform: Callable[[Any], torch.Tensor], num_frames: int = 8, *, max_pixels: int | None = None
+    ) -> None:
         self.transform = transform
         self.num_frames = check_num_frames(num_frames)
+        self.max_pixels = max_pixels
 
     def __call__(self, path: Path) -> torch.Tensor:
+        if self.max_pixels is not None:
+            width, height = frame_size(path)
+            if width * height > self.max_pixels:
+                raise VideoLoadError(
+                    f"video {str(path)!r} has too many pixels per frame ({width}x{height} = "
+                    f"{width * height:,}; the limit is {self.max_pixels:,})"
+                )
         return frames_to_pixels(load_video(path, num_frames=self.num_frames), self.transform)
+
+    def load_bytes(self, chunks: Iterable[bytes], name: str) -> torch.Tensor:
+        """A video file's bytes (in ``chunks``) -> ``(n, 3, H, W)``, through a temporary file (the decoder
+        reads files) removed afterwards; errors name ``name``, not the temporary file. ``name``'s extension
+        is kept on the temporary file (some containers are recognised by it)."""
+        suffix = os.path.splitext(name)[1].lower()
+        fd, tmp = tempfile.mkstemp(prefix="pe-video-", suffix=suffix)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+            return self(Path(tmp))
+        except PEError as e:
+            raise VideoLoadError(str(e).replace(tmp, name)) from e
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def video_encoder(
