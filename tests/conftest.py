@@ -17,6 +17,8 @@ for _var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_
     os.environ.pop(_var, None)
 os.environ["HF_HOME"] = HF_TEST_HOME
 os.environ["HF_HUB_OFFLINE"] = "1"
+# the cache of weights cast at load (weights.cast_cache) lives in the session's folder too
+os.environ["PE_CAST_CACHE"] = os.path.join(HF_TEST_HOME, "pe-cast")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

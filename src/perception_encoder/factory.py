@@ -27,6 +27,7 @@ from torch import nn
 
 from .configs import CLIPConfig, ModelConfig, ModelInfo, VisionConfig, get_model_info
 from .errors import CheckpointError
+from .weights import cast_cache
 from .weights.adapt import drop_unused_head, fit_to_tower, tower_config
 from .weights.files import (
     CHECKPOINT_SUFFIXES,
@@ -264,6 +265,11 @@ def load(
     native = _read_native(path)
     if config is None:
         config = _config_for_file(path, native)
+    tensors = path  # the file the tensors are mapped from: the checkpoint, or its cast in the cache
+    if cast_cache.worth_caching(native, dtype, device):
+        cast = cast_cache.cached_cast(native, dtype, path)
+        if cast is not None:
+            native, tensors = _read_native(cast), cast
     want = _cut(config, vision_only, layers, image_size)
     if not isinstance(want, CLIPConfig) and is_clip(native):
         native = vision_part(native)  # a CLIP checkpoint feeding a vision tower
@@ -283,7 +289,7 @@ def load(
         source=source,
         device=device,
         dtype=dtype,
-        file=path,
+        file=tensors,
         strict=strict,
     )
 

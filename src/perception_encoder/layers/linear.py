@@ -222,6 +222,15 @@ def weight_packing_mode() -> str:
     return _PACK if _ENABLED and _supported().packing else "off"
 
 
+def packs_mapped_weights(dtype: torch.dtype) -> bool:
+    """Whether the linear weights of a memory-mapped checkpoint stored in ``dtype`` get packed here (and
+    their file pages given back): the packing mode is ``mapped`` or ``all``, and the CPU runs oneDNN's
+    fused linear in ``dtype`` (float32, or bfloat16 where supported)."""
+    if weight_packing_mode() not in ("mapped", "all"):
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and _supported().bf16)
+
+
 @contextlib.contextmanager
 def weight_packing(mode: bool | str = True) -> Iterator[None]:
     """``with weight_packing("all"): ...`` runs the block in that mode (process-wide, not per thread)."""
