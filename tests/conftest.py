@@ -96,3 +96,17 @@ def tiny_vision():
     from perception_encoder.vision import VisionTransformer
 
     return randomize(VisionTransformer(tiny_vision_config()))
+
+
+def folder_chain_past_path_max(root, levels: int = 24, name: str = "d" * 200) -> None:
+    """Under ``root``, a chain of folders whose path passes PATH_MAX (4096) with ``deep.png`` at its end:
+    made relative to open folders (a path that long cannot be named whole). As root a folder without
+    permissions can still be listed; this one cannot be, by anyone."""
+    fd = os.open(root, os.O_RDONLY)
+    for _ in range(levels):
+        os.mkdir(name, dir_fd=fd)
+        nxt = os.open(name, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    os.close(os.open("deep.png", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    os.close(fd)

@@ -25,6 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import folder_chain_past_path_max
 from perception_encoder.datasets import fetch as fetch_module
 from perception_encoder.datasets import loading as loading_module
 from perception_encoder.datasets import sources as sources_module
@@ -103,16 +104,7 @@ def test_a_sub_folder_that_cannot_be_listed_is_one_bad_item_and_the_walk_goes_on
     root = tmp_path / "root"
     write(root / "a.png", png_bytes())
     write(root / "z.png", png_bytes())
-    # a chain of folders whose path passes PATH_MAX (4096): made relative to open folders, since as root a
-    # folder without permissions can still be listed
-    fd = os.open(root, os.O_RDONLY)
-    for _ in range(24):
-        os.mkdir("d" * 200, dir_fd=fd)
-        nxt = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
-        os.close(fd)
-        fd = nxt
-    os.close(os.open("deep.png", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
-    os.close(fd)
+    folder_chain_past_path_max(root)
     items = items_of([root])
     assert [it.kind for it in items] == ["file", "bad", "file"]
     assert items[0].id == "a.png" and items[2].id == "z.png"

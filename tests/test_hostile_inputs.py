@@ -22,7 +22,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import randomize, tiny_clip_config
+from conftest import folder_chain_past_path_max, randomize, tiny_clip_config
 from perception_encoder.cli.main import main
 from perception_encoder.clip import CLIP
 from perception_encoder.embedding import read_embeddings
@@ -98,15 +98,7 @@ def test_unlistable_and_too_deep_folders_are_reported_and_the_rest_embedded(mode
     root = tmp_path / "root"
     root.mkdir()
     _image(root / "a.png")
-    # a chain of folders whose path passes the OS limit (PATH_MAX 4096): made relative to open folders
-    fd = os.open(root, os.O_RDONLY)
-    for _ in range(24):
-        os.mkdir("d" * 200, dir_fd=fd)
-        nxt = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
-        os.close(fd)
-        fd = nxt
-    os.close(os.open("deep.png", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
-    os.close(fd)
+    folder_chain_past_path_max(root)
     out = tmp_path / "emb.npy"
     result = _run("embed", root, "-o", out, "-m", model_file)
     assert result.exit_code == 0, result.output
