@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("index", "Build the vector index of an embedding dataset."),
     "search": ("search", "Search an embedding dataset with text or image queries."),
     "dedup": ("dedup", "Groups of near-duplicate rows of an embedding dataset."),
+    "serve": ("serve", "Serve embeddings, classification, features and search over HTTP."),
 }
 
 
