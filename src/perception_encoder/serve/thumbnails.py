@@ -35,8 +35,8 @@ def input_roots(inputs: tuple[str, ...] | list[str]) -> tuple[tuple[str, ...], f
     folders: list[str] = []
     files: set[str] = set()
     for raw in inputs:
-        if "://" in raw:
-            continue
+        if "://" in raw or raw.lower().endswith((TAR_SUFFIX, *TABLE_SUFFIXES)):
+            continue  # a URL, a tar, a table, or a pattern of them: their rows are not files
         parts = Path(raw).parts
         cut = next((i for i, part in enumerate(parts) if _PATTERN.search(part)), None)
         if cut is not None:
@@ -45,7 +45,7 @@ def input_roots(inputs: tuple[str, ...] | list[str]) -> tuple[tuple[str, ...], f
         real = os.path.realpath(raw)
         if os.path.isdir(real):
             folders.append(real)
-        elif not raw.lower().endswith((TAR_SUFFIX, *TABLE_SUFFIXES)):
+        else:
             files.add(real)
     return tuple(folders), frozenset(files)
 
