@@ -21,6 +21,9 @@ demo: $(STAMP)
 	$(VENV)/bin/pe classify examples/images/*.png --labels "red square,green triangle,blue cross,yellow star,purple circle,white diamond"
 
 test: $(STAMP)
+	# headless Chromium (the Debian package) for the search page's browser test; without it that test is skipped
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "chromium could not be installed: the browser test will be skipped"
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/pytest -p no:cacheprovider
