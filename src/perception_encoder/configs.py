@@ -172,19 +172,27 @@ class ModelInfo:
     """A registry entry: the config plus facts used by the loader and the ``pe models`` table."""
 
     name: str
-    family: str  # "core", "lang", "spatial" or "custom"
-    config: ModelConfig
+    family: str  # "core", "lang", "spatial", "av", "a-frame", "bundled" or "custom"
+    config: ModelConfig  # or an ``av.configs.AVConfig`` (families "av" and "a-frame")
     hub_repo: str | None = None  # where the reference ``<name>.pt`` lives
     hub_filename: str | None = None
     local_weights: str | None = None  # a path relative to the package's assets (bundled models)
     description: str = ""
+    hub_revision: str | None = None  # the hub revision of the reference files (None: main)
 
     @property
     def is_clip(self) -> bool:
         return isinstance(self.config, CLIPConfig)
 
     @property
+    def is_av(self) -> bool:
+        """A PE-AV or PE-A-Frame model (``perception_encoder.av``), not a vision or CLIP model."""
+        return not isinstance(self.config, (VisionConfig, CLIPConfig))
+
+    @property
     def vision(self) -> VisionConfig:
+        if self.is_av:
+            raise TypeError(f"{self.name} is an audio-visual model: its config is not a vision tower's")
         return self.config.vision if isinstance(self.config, CLIPConfig) else self.config
 
 
@@ -342,6 +350,10 @@ def get_model_info(name: str) -> ModelInfo:
 
 def config_to_dict(config: ModelConfig) -> dict[str, Any]:
     """A JSON-able dict with a ``type`` tag, inverse of ``config_from_dict``."""
+    if not isinstance(config, (VisionConfig, CLIPConfig)):
+        from .av.configs import av_config_to_dict
+
+        return av_config_to_dict(config)
     kind = "clip" if isinstance(config, CLIPConfig) else "vision"
     return {"type": kind, **dataclasses.asdict(config)}
 
@@ -373,6 +385,10 @@ def config_from_dict(data: dict[str, Any]) -> ModelConfig:
         )
     if kind == "vision":
         return VisionConfig(**_fields(VisionConfig, data, "vision config"))
+    if kind == "av":
+        from .av.configs import av_config_from_dict
+
+        return av_config_from_dict(data)
     raise ValueError(f"unknown config type {kind!r}")
 
 
@@ -403,3 +419,21 @@ register(
         description="CLIP, tiny, trained on synthetic coloured shapes (offline demo)",
     )
 )
+
+
+# --- PE-AV and PE-A-Frame (configs in av/configs.py; weights in the hub's reference revision) --------------
+
+from .av import configs as _av_configs  # noqa: E402  (needs VisionConfig and the PE-Core entries above)
+
+for _name, _family, _config, _description in _av_configs.released_av_configs():
+    register(
+        ModelInfo(
+            name=_name,
+            family=_family,
+            config=_config,
+            hub_repo=f"facebook/{_name}",
+            hub_filename=_av_configs.WEIGHTS_FILE,
+            description=_description,
+            hub_revision=_av_configs.REFERENCE_REVISION,
+        )
+    )

@@ -215,7 +215,8 @@ def load(
     """A model with weights, in eval mode.
 
     ``name``: a registered name (PE-Core names give a ``CLIP`` model, PE-Lang / PE-Spatial names a
-    ``VisionTransformer``), or directly a checkpoint path / ``hf-hub:`` string (the config is read from
+    ``VisionTransformer``, PE-AV / PE-A-Frame names an ``av.PEAudioVisual`` / ``av.PEAudioFrame``, see
+    ``av.loading``), or directly a checkpoint path / ``hf-hub:`` string (the config is read from
     ``<stem>.json`` beside it, the safetensors metadata, or the tensor shapes).
     ``checkpoint``: a local file in any supported layout (auto-detected), an ``hf-hub:<repo>[/<file>]``
     string, or ``None`` for the model's released weights (hub cache, honouring ``HF_HUB_OFFLINE``) or its
@@ -236,6 +237,14 @@ def load(
     is ``load("PE-Core-L14-336", vision_only=True, layers=23, image_size=448)``; a tower for a PE-Lang-style
     config. Both need a vision tower (``vision_only=True`` for PE-Core names).
     """
+    if _is_av(name, checkpoint):  # PE-AV / PE-A-Frame (their own layouts and config files): av.loading
+        if vision_only or layers is not None or image_size is not None:
+            raise ValueError("vision_only=, layers= and image_size= shape PE vision towers, not PE-AV models")
+        from .av.loading import load_av
+
+        return load_av(
+            name, checkpoint=checkpoint, pretrained=pretrained, device=device, dtype=dtype, strict=strict
+        )
     # float32 unless asked: a checkpoint stored in half precision (e.g. the bundled one) still computes in fp32
     dtype = _as_dtype(dtype) or torch.float32
     info: ModelInfo | None = None
@@ -294,6 +303,14 @@ def load(
     )
 
 
+def _is_av(name: object, checkpoint: object) -> bool:
+    """Whether ``load`` is asked for a PE-AV or PE-A-Frame model (a registered AV name or config, an AV
+    folder, safetensors file or ``hf-hub:`` repository)."""
+    from .av.loading import is_av_source
+
+    return is_av_source(name, checkpoint)
+
+
 def _cut(config: ModelConfig, vision_only: bool, layers: int | None, image_size: int | None) -> ModelConfig:
     """The config of the model ``load`` builds: the vision tower alone when asked, cut to ``layers`` blocks
     and built for ``image_size`` px when asked (``weights.adapt.tower_config``)."""
@@ -317,6 +334,10 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     ``.bin`` (``torch.save`` of the state dict). ``pe.load(path)`` reads it back.
     """
     config = getattr(model, "config", None)
+    if config is not None and _is_av(config, None):  # PE-AV / PE-A-Frame: weights, config and tokenizer
+        from .av.loading import save_av
+
+        return save_av(model, path)
     if not isinstance(config, (VisionConfig, CLIPConfig)):
         raise TypeError(f"expected a perception_encoder model with a .config, got {type(model).__name__}")
     p = Path(path)

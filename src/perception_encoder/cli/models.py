@@ -19,7 +19,7 @@ def format_count(n: int) -> str:
 @click.command("models")
 @click.option(
     "--family",
-    type=click.Choice(["core", "lang", "spatial", "custom"]),
+    type=click.Choice(["core", "lang", "spatial", "av", "a-frame", "custom"]),
     default=None,
     help="Only models of this family.",
 )
@@ -27,7 +27,9 @@ def command(family: str | None) -> None:
     """List every registered model: family, parameters, resolution, widths and depths, output size.
 
     "params" counts what `pe.load(name)` returns (both towers for PE-Core CLIP models); "vision" counts the
-    vision tower alone. Models whose weights ship inside the package are marked "bundled".
+    vision tower alone. Models whose weights ship inside the package are marked "bundled". PE-AV and
+    PE-A-Frame rows show their audio tower's width/depth under "vision" (with the frame tower's px and
+    patch for PE-AV) and the ModernBERT layers read under "text".
     """
     from ..configs import get_model_info, list_models
     from ..factory import count_parameters
@@ -50,6 +52,9 @@ def command(family: str | None) -> None:
     rows = []
     for name in names:
         info = get_model_info(name)
+        if info.is_av:
+            rows.append(_av_row(info))
+            continue
         v = info.vision
         text = info.config.text if info.is_clip else None
         weights = "bundled" if info.local_weights else "hub" if info.hub_repo else "-"
@@ -68,3 +73,28 @@ def command(family: str | None) -> None:
             ]
         )
     print_table(headers, rows, title="Perception Encoder models", right=headers[2:9])
+
+
+def _av_row(info) -> list[str]:
+    """A PE-AV / PE-A-Frame row: the frame tower's size, the audio tower's width/depth, the text layers."""
+    import torch
+
+    from ..av.loading import model_class
+    from ..factory import count_parameters
+
+    c = info.config
+    with torch.device("meta"):
+        params = sum(p.numel() for p in model_class(c)(c).parameters())
+    frames = c.frames
+    return [
+        info.name,
+        info.family,
+        format_count(params),
+        format_count(count_parameters(frames)) if frames is not None else "-",
+        str(frames.image_size) if frames is not None else "-",
+        str(frames.patch_size) if frames is not None else "-",
+        f"audio {c.audio.hidden_size}/{c.audio.num_layers}",
+        f"{c.text.hidden_size}/{c.text.num_layers}",
+        str(c.output_dim) + (" per 40 ms" if c.kind == "a-frame" else ""),
+        "hub" if info.hub_repo else "-",
+    ]

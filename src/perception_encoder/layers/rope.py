@@ -42,6 +42,17 @@ def rope_2d_tables(
     return angles.cos(), angles.sin()
 
 
+def rope_1d_tables(
+    length: int, head_dim: int, *, theta: float = 10000.0, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine and sine tables ``(length, head_dim // 2)`` of 1-D RoPE over positions ``0 .. length-1``:
+    pair ``i`` turns by ``position * theta ** -(2i / head_dim)`` (the PE-AV towers; ``rotate_pairs`` applies
+    them). Float32, computed as the reference does: frequencies, then their outer product with positions."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), freqs)
+    return angles.cos(), angles.sin()
+
+
 def _tracing() -> bool:
     """Inside ``torch.compile`` / ``torch.export`` or an ONNX export: use plain real arithmetic there
     (inductor fuses it into one kernel; ONNX has no complex numbers)."""

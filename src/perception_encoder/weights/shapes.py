@@ -35,6 +35,8 @@ def _released_heads(width: int, text: bool) -> int | None:
     """Heads of a released tower of this width (shapes cannot tell the head count)."""
     for name in list_models():
         info = get_model_info(name)
+        if info.is_av:  # audio-visual models have no tower of this kind
+            continue
         if text and isinstance(info.config, CLIPConfig) and info.config.text.width == width:
             return info.config.text.heads
         if not text and info.vision.width == width:
@@ -186,7 +188,7 @@ def registered_matches(config: ModelConfig) -> list[str]:
     exact, towers = [], []
     for name in list_models():
         info = get_model_info(name)
-        if vision_signature(info.vision) != sig:
+        if info.is_av or vision_signature(info.vision) != sig:
             continue
         if isinstance(config, CLIPConfig):
             if info.is_clip and text_signature(info.config.text) == text_signature(config.text):
