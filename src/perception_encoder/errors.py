@@ -18,6 +18,10 @@ class VideoLoadError(PEError, ValueError):
     """A video file that cannot be decoded, or has no frames."""
 
 
+class AudioLoadError(PEError, ValueError):
+    """An audio file (or a video's sound track) that cannot be decoded, has no audio, or is too long."""
+
+
 class CheckpointError(PEError, ValueError):
     """A checkpoint that cannot be used: unreadable, truncated, unknown format, or for another model."""
 

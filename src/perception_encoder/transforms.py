@@ -352,17 +352,19 @@ def image_transform(image_size: int | tuple[int, int], center_crop: bool = False
     return ImageTransform(image_size, center_crop=center_crop, **kwargs)
 
 
-def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 frames ``(N, C, H, W)`` -> uint8 ``(N, C, h, w)``, squashed with torch's bicubic interpolation
-    with antialiasing, as torchvision's ``resize`` does a uint8 tensor (PerceptionLM's video path): to
-    float32, ``interpolate(bicubic, align_corners=False, antialias=True)``, clamped to 0-255, rounded.
-    Frames already of that size come back unchanged."""
+def resize_frames(frames: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """uint8 frames ``(N, C, H, W)`` -> uint8 ``(N, C, h, w)``, squashed with torch's bicubic (or
+    ``mode="bilinear"``: PE-AV's frames) interpolation with antialiasing, as torchvision's ``resize`` does a
+    uint8 tensor (PerceptionLM's video path): to float32, ``interpolate(mode, align_corners=False,
+    antialias=True)``, clamped to 0-255, rounded. Frames already of that size come back unchanged."""
     if frames.dtype != torch.uint8 or frames.ndim != 4:
         raise ValueError(f"frames must be uint8 (N, C, H, W), got {frames.dtype} {tuple(frames.shape)}")
+    if mode not in ("bicubic", "bilinear"):
+        raise ValueError(f"mode must be 'bicubic' or 'bilinear', got {mode!r}")
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames
     x = torch.nn.functional.interpolate(
-        frames.float(), size=tuple(size), mode="bicubic", align_corners=False, antialias=True
+        frames.float(), size=tuple(size), mode=mode, align_corners=False, antialias=True
     )
     return x.clamp_(0, 255).round_().to(torch.uint8)
 

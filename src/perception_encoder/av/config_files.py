@@ -229,7 +229,15 @@ def _tx_frames(d: dict[str, Any] | None) -> VisionConfig:
     args.pop("ref_feat_shape", None)  # RoPE positions: ours are the reference's integer grid positions
     if args:
         raise ValueError(f"frame tower: unsupported timm model_args {sorted(args)}")
-    labels = d.get("num_labels") or d.get("num_classes") or len(d.get("id2label") or {}) or base.output_dim
+    # the head's width: transformers sizes it by the labels (``label_names`` / ``id2label``), else
+    # ``num_labels``; ``num_classes`` is timm's own default
+    labels = (
+        len(d.get("label_names") or [])
+        or len(d.get("id2label") or {})
+        or d.get("num_labels")
+        or d.get("num_classes")
+        or base.output_dim
+    )
     changes["output_dim"] = int(labels)
     return dataclasses.replace(base, **changes)
 

@@ -14,9 +14,25 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ..configs import VisionConfig, _check_float, _check_int
+if TYPE_CHECKING:
+    from ..configs import VisionConfig
+
+# ``perception_encoder.configs`` registers the released names from this module when it is imported, so
+# this module reads the core configs only inside functions (no import cycle, whichever is imported first).
+
+
+def _check_int(owner: str, name: str, value: Any, low: int, high: int) -> None:
+    from ..configs import _check_int as check
+
+    check(owner, name, value, low, high)
+
+
+def _check_float(owner: str, name: str, value: Any) -> None:
+    from ..configs import _check_float as check
+
+    check(owner, name, value)
 
 AVKind = Literal["av", "a-frame"]
 
@@ -233,14 +249,15 @@ def _tower(hidden: int, heads: int, layers: int) -> TowerConfig:
     )
 
 
-# Tower sizes: large is the released one (SPEC §11, transformers' defaults: 1792 wide, 6 layers, 14 x 128,
-# MLP 4800). The small and base sizes are this package's estimates: loading a released snapshot reads its
-# own config.json, so the weights always load under the release's real sizes.
-TOWER_SIZES: dict[str, TowerConfig] = {
-    "small": _tower(1024, 8, 6),
-    "base": _tower(1536, 12, 6),
-    "large": _tower(1792, 14, 6),
-}
+def tower_sizes() -> dict[str, TowerConfig]:
+    """The tower of each released size. Large is the released one (SPEC §11, transformers' defaults: 1792
+    wide, 6 layers, 14 x 128, MLP 4800). The small and base sizes are this package's estimates: loading a
+    released snapshot reads its own config.json, so the weights always load under the release's sizes."""
+    return {
+        "small": _tower(1024, 8, 6),
+        "base": _tower(1536, 12, 6),
+        "large": _tower(1792, 14, 6),
+    }
 
 
 def frame_tower_config() -> VisionConfig:
@@ -253,7 +270,7 @@ def frame_tower_config() -> VisionConfig:
 def released_av_configs() -> list[tuple[str, str, AVConfig, str]]:
     """``(name, family, config, description)`` of every released PE-AV and PE-A-Frame model."""
     out = []
-    for size, tower in TOWER_SIZES.items():
+    for size, tower in tower_sizes().items():
         for suffix, frames in (("", None), ("-16-frame", 16)):
             config = AVConfig(
                 kind="av",
@@ -265,7 +282,7 @@ def released_av_configs() -> list[tuple[str, str, AVConfig, str]]:
             )
             what = "16 frames" if frames else "every frame"
             out.append((f"pe-av-{size}{suffix}", "av", config, f"audio-video-text, {size}, {what}"))
-    for size, tower in TOWER_SIZES.items():
+    for size, tower in tower_sizes().items():
         config = AVConfig(kind="a-frame", audio=tower, video=None, fusion=None)
         out.append((f"pe-a-frame-{size}", "a-frame", config, f"sound event localisation, {size}"))
     return out
@@ -297,6 +314,8 @@ def av_config_from_dict(data: dict[str, Any]) -> AVConfig:
     def tower(key: str) -> TowerConfig | None:
         value = data.get(key)
         return None if value is None else TowerConfig(**_only(TowerConfig, value, f"AV config '{key}'"))
+
+    from ..configs import VisionConfig
 
     frames = data.get("frames")
     return AVConfig(

@@ -26,6 +26,7 @@ from torch import nn
 from .configs import AVConfig
 from .encoders import AudioEncoder, FusionEncoder, VideoEncoder
 from .heads import ContrastiveHead, LogitScale
+from .spans import DEFAULT_THRESHOLD, Span, frame_spans
 from .text import TextEncoder, Tokenizer
 
 TextTarget = Literal["audio", "video", "audio_video"]
@@ -244,9 +245,41 @@ class PEAudioFrame(_TextMixin, nn.Module):
         embedding with each text embedding, times ``logit_scale``, plus ``logit_bias``. Sigmoid of a logit
         is the probability that the prompt's sound is heard in that frame."""
         frames = self.encode_audio_frames(waveform, padding_mask)  # (Ba, T, D)
-        texts = self.encode_text(input_ids, attention_mask).to(frames.device)  # (Bt, D)
+        return self.score_frames(frames, self.encode_text(input_ids, attention_mask))
+
+    def score_frames(self, frames: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+        """Frame embeddings ``(B_a, T, D)`` and text embeddings ``(B_t, D)`` -> logits ``(B_a, B_t, T)``."""
+        texts = texts.to(frames.device, frames.dtype)
         return torch.einsum("atd,bd->abt", frames, texts) * self.logit_scale + self.logit_bias
 
     def frame_mask(self, padding_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
         """The valid frames ``(B, T)`` of a sample padding mask ``(B, L)`` (``None`` when nothing is padded)."""
         return self.audio.frame_mask(padding_mask, length)
+
+    @torch.inference_mode()
+    def detect(
+        self,
+        waveform: torch.Tensor,
+        prompts: str | Sequence[str],
+        *,
+        padding_mask: torch.Tensor | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> list[dict[str, list[Span]]]:
+        """Where each prompt is heard: for each clip of ``waveform`` (``(L,)``, ``(B, L)`` or ``(B, 1, L)``
+        at 48 kHz), ``{prompt: [Span(start s, end s, peak probability), ...]}`` of the runs of frames whose
+        probability (sigmoid of ``frame_logits``) is above ``threshold`` (the reference's 0.3). Padded frames
+        (``padding_mask``) never count."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        wave = waveform[None] if waveform.ndim == 1 else waveform
+        ids, mask = self.tokenize(prompts)
+        device = self.logit_scale.device
+        frames = self.encode_audio_frames(wave.to(device), padding_mask)
+        probs = self.score_frames(frames, self.encode_text(ids, mask)).sigmoid()  # (B, P, T)
+        valid = self.frame_mask(padding_mask.to(device), wave.shape[-1]) if padding_mask is not None else None
+        out = []
+        for i in range(probs.shape[0]):
+            n = int(valid[i].sum()) if valid is not None else probs.shape[-1]
+            out.append(
+                {p: frame_spans(probs[i, j], self.frame_seconds, threshold, n) for j, p in enumerate(prompts)}
+            )
+        return out

@@ -10,6 +10,7 @@ import click
 from .options import (
     batch_size_option,
     check_embedded,
+    chooses_av_model,
     default_model,
     feature_spec,
     find_inputs,
@@ -17,6 +18,7 @@ from .options import (
     high_bit_depth_option,
     image_size_option,
     layer_option,
+    modality_option,
     model_options,
     normalize_option,
     options,
@@ -46,6 +48,7 @@ from .options import (
     normalize_option,
     image_size_option,
     high_bit_depth_option,
+    modality_option,
     progress_option,
 )
 @click.option(
@@ -112,6 +115,7 @@ def command(
     normalize,
     image_size,
     high_bit_depth,
+    modality,
     progress,
     backend,
     onnx_path,
@@ -132,10 +136,36 @@ def command(
     path and embedding. Names with a newline, a backslash or bytes that are not UTF-8 are escaped
     (\\n, \\\\, \\xNN), so every row keeps its name. A video row is the mean of its frame embeddings
     (each frame normalised first with --normalize, and the mean normalised too).
+
+    PE-AV models (--model pe-av-*) embed audio files and videos instead: a row per file from its sound,
+    its frames or both (--modality), into a .npy or .parquet file.
     """
     from ..embedding import check_output, embed_paths, save_embeddings
 
     spec = feature_spec(layer, pool)
+    if chooses_av_model(model_choice):
+        dataset_only = {"--shard-size": shard_size, "--half": half, "--overwrite": overwrite}
+        _embed_av(
+            paths,
+            out,
+            model_choice,
+            modality=modality,
+            refused={
+                "--layer": layer is not None,
+                "--pool": pool is not None,
+                "--backend onnxruntime": backend != "torch",
+                "--onnx": onnx_path is not None,
+                "--engine ray": engine == "ray",
+                **{name: bool(value) for name, value in dataset_only.items()},
+            },
+            batch_size=batch_size,
+            workers=workers,
+            normalize=normalize,
+            progress=progress,
+        )
+        return
+    if modality is not None:
+        raise click.BadParameter("--modality applies to PE-AV models (pe-av-*)", param_hint="--modality")
     if not out.lower().endswith((".npy", ".parquet")):
         if Path(out).suffix and not Path(out).is_dir():
             raise click.BadParameter(
@@ -212,6 +242,40 @@ def command(
             num_workers=workers,
             progress=show_progress(progress),
         )
+    total = len(inputs.files) + len(inputs.skipped)
+    check_embedded(result, total)
+    written = save_embeddings(result.embeddings, result.paths, out)
+    click.echo(
+        f"embedded {len(result.paths)} of {total} files, dim {result.embeddings.shape[1]} -> "
+        + ", ".join(map(str, written))
+    )
+
+
+def _embed_av(paths, out, model_choice, *, modality, refused, batch_size, workers, normalize, progress):
+    """``pe embed`` with a PE-AV model: audio files and videos -> one .npy / .parquet file."""
+    from ..embedding import check_output, save_embeddings
+    from ..embedding.av import embed_av_paths
+
+    given = [name for name, on in refused.items() if on]
+    if given:
+        raise click.BadParameter(f"{', '.join(given)} do not apply to PE-AV models", param_hint="options")
+    if not out.lower().endswith((".npy", ".parquet")):
+        raise click.BadParameter(
+            f"{out!r}: PE-AV embeddings are written to a .npy or .parquet file", param_hint="--out"
+        )
+    _refuse_collections(paths)
+    check_output(out)
+    inputs = find_inputs(paths, audio=True)
+    model = model_choice.load()
+    result = embed_av_paths(
+        model,
+        inputs.files,
+        modality=modality,
+        batch_size=batch_size,
+        normalize=normalize,
+        num_workers=workers,
+        progress=show_progress(progress),
+    )
     total = len(inputs.files) + len(inputs.skipped)
     check_embedded(result, total)
     written = save_embeddings(result.embeddings, result.paths, out)

@@ -19,11 +19,13 @@ from .options import (
     ModelChoice,
     batch_size_option,
     check_output_file,
+    chooses_av_model,
     feature_spec,
     frames_option,
     high_bit_depth_option,
     json_option,
     layer_option,
+    modality_option,
     model_options,
     options,
     out_option,
@@ -230,25 +232,49 @@ def zeroshot_cmd(
     run.finish(results)
 
 
-@command.command("retrieval", short_help="Image-text retrieval from a CSV: recall@k both ways.")
+@command.command(
+    "retrieval",
+    short_help="Image-text (or, with PE-AV, audio-text) retrieval from a CSV: recall@k both ways.",
+)
 @click.argument("csv_file", metavar="CSV", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--caption-sep", default=None, help="Split each caption cell on this separator (several captions)."
 )
 @click.option("--recall-at", "recall_at", default="1,5,10", show_default=True, help="Recall cut-offs.")
+@modality_option
 @_common(64)
 def retrieval_cmd(
     csv_file,
     caption_sep,
     recall_at,
+    modality,
     run: EvalRun,
 ):
-    """Image-text retrieval from a CSV of path,caption (repeat a path for several captions): recall@k both ways."""
+    """Image-text retrieval from a CSV of path,caption (repeat a path for several captions): recall@k both ways.
+
+    With a PE-AV model (--model pe-av-*) the files are audio files or videos: audio-text retrieval (or
+    video-text, audio+video-text with --modality), scored by raw dot products as the reference does."""
     from ..eval.data import captions_csv
     from ..eval.retrieval import evaluate_retrieval
 
     dataset = captions_csv(csv_file, caption_sep)
     ks = _ks(recall_at)
+    if chooses_av_model(run.model_choice):
+        from ..eval.audio import evaluate_av_retrieval
+
+        results = evaluate_av_retrieval(
+            run.load(),
+            dataset,
+            modality=modality,
+            ks=ks,
+            batch_size=run.batch_size,
+            num_workers=run.workers,
+            progress=show_progress(run.progress),
+        )
+        run.finish(results)
+        return
+    if modality is not None:
+        raise click.BadParameter("--modality applies to PE-AV models (pe-av-*)", param_hint="--modality")
     model = run.load()
     results = evaluate_retrieval(
         model,

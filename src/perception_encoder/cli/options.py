@@ -251,6 +251,16 @@ def frames_option(default: int = 8) -> Decorator:
     )
 
 
+MODALITIES = ("audio", "video", "audio-video")
+modality_option = click.option(
+    "--modality",
+    type=click.Choice(MODALITIES),
+    default=None,
+    help="PE-AV models: what each file gives, audio (an audio file or a video's sound), video (its frames) or "
+    "audio-video (both, fused) [default: audio for audio files, video for video files].",
+)
+
+
 def layer_option(default: int | None = None) -> Decorator:
     """``--layer``: with ``default=None`` (the embedding commands) no layer means the pooled embedding."""
     return click.option(
@@ -391,17 +401,27 @@ def open_rgb(path: str | os.PathLike):
 # --- files in, embeddings out ---------------------------------------------------------------------------
 
 
-def find_inputs(paths: Sequence[str]) -> Any:
-    """The ``embedding.Inputs`` of ``paths`` (files and folders); names that cannot be used are reported as
-    skipped, and finding no file at all is an error."""
+def find_inputs(paths: Sequence[str], *, audio: bool = False) -> Any:
+    """The ``embedding.Inputs`` of ``paths`` (files and folders; audio files too with ``audio``); names
+    that cannot be used are reported as skipped, and finding no file at all is an error."""
     from ..embedding import expand_inputs
     from .output import report_skipped
 
-    inputs = expand_inputs(paths)
+    inputs = expand_inputs(paths, audio=audio)
     report_skipped(inputs.skipped)
     if not inputs.files:
-        raise click.ClickException("no image or video files found in " + ", ".join(map(str, paths)))
+        kinds = "audio or video" if audio else "image or video"
+        raise click.ClickException(f"no {kinds} files found in " + ", ".join(map(str, paths)))
     return inputs
+
+
+def chooses_av_model(choice: ModelChoice) -> bool:
+    """Whether ``--model`` / ``--checkpoint`` name a PE-AV or PE-A-Frame model (read from the name, the
+    folder's config or the file's keys; nothing is loaded)."""
+    from ..av.loading import is_av_source
+
+    name = choice.name or choice.checkpoint or default_model()
+    return is_av_source(name, choice.checkpoint if choice.name else None)
 
 
 def check_embedded(result: Any, total: int) -> None:

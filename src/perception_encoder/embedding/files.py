@@ -67,14 +67,18 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-def expand_inputs(paths: Sequence[str | os.PathLike], *, videos: bool = True) -> Inputs:
+def expand_inputs(paths: Sequence[str | os.PathLike], *, videos: bool = True, audio: bool = False) -> Inputs:
     """Files and folders -> the files to embed: every file named (whatever its extension: a bad one is
-    reported when it is loaded), and the images (and videos, when ``videos``) found in each folder,
-    recursively (``input_files.find_files``). Names that do not exist and sub-folders that cannot be
-    listed become ``Skipped`` records; nothing here raises for one bad name."""
+    reported when it is loaded), and the images (and videos, when ``videos``; audio files, when ``audio``)
+    found in each folder, recursively (``input_files.find_files``). Names that do not exist and
+    sub-folders that cannot be listed become ``Skipped`` records; nothing here raises for one bad name."""
     from ..video import VIDEO_EXTENSIONS
 
     extensions = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS if videos else IMAGE_EXTENSIONS
+    if audio:
+        from ..av.audio import AUDIO_EXTENSIONS
+
+        extensions = extensions | AUDIO_EXTENSIONS
     found: list[Path] = []
     skipped: list[Skipped] = []
     for raw in paths:
@@ -256,9 +260,11 @@ def embed_files(
     num_workers: int = 0,
     progress: bool = False,
     desc: str = "embedding",
+    share_duplicates: bool = True,
 ) -> Embedded:
     """Load every file with ``load`` and encode the good ones, ``batch_size`` files at a time
-    (``iter_embedded``, identical files sharing one embedding so results do not depend on the batch size).
+    (``iter_embedded``, identical files sharing one embedding so results do not depend on the batch size;
+    ``share_duplicates=False`` for items that are not single tensors, such as PE-AV's sound and frames).
 
     ``load(path)`` returns one item (``(3, H, W)`` pixels for an image, ``(N, 3, H, W)`` for a video);
     ``encode(items)`` maps a list of items to ``(len(items), D)`` (``stack_images`` wraps a pixels encoder).
@@ -282,7 +288,7 @@ def embed_files(
         encode,
         batch_size=batch_size,
         num_workers=num_workers,
-        share_duplicates=True,
+        share_duplicates=share_duplicates,
         notes=notes,
         name=lambda item: str(item[1]),
     )

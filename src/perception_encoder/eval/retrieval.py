@@ -51,11 +51,14 @@ def retrieval_metrics(
     text_embeddings: torch.Tensor,
     text_owner: Sequence[int],
     ks: Sequence[int] = DEFAULT_KS,
+    *,
+    cosine: bool = True,
 ) -> dict[str, float | None]:
     """Recall@k both ways for images ``(M, D)`` and texts ``(T, D)``; text ``j`` describes image
-    ``text_owner[j]``. Keys: ``image_to_text_recall@k`` and ``text_to_image_recall@k``."""
-    img = normalized(image_embeddings)
-    txt = normalized(text_embeddings)
+    ``text_owner[j]``. Keys: ``image_to_text_recall@k`` and ``text_to_image_recall@k``. Scores are cosine
+    similarities, or with ``cosine=False`` raw dot products (PE-AV's reference evaluation scores so)."""
+    img = normalized(image_embeddings) if cosine else image_embeddings.float()
+    txt = normalized(text_embeddings) if cosine else text_embeddings.float()
     owner = torch.as_tensor(list(text_owner), dtype=torch.long)
     if owner.shape != (txt.shape[0],):
         raise ValueError(f"text_owner has {owner.numel()} entries for {txt.shape[0]} texts")
