@@ -1,4 +1,4 @@
-"""Perception Encoder: PE-Core CLIP models, PE-Lang and PE-Spatial vision towers.
+"""Perception Encoder: PE-Core CLIP models, PE-Lang and PE-Spatial vision towers, PE-AV and PE-A-Frame.
 
 Public API (imported lazily so ``import perception_encoder`` and the ``pe`` command start fast)::
 
@@ -29,6 +29,9 @@ _EXPORTS: dict[str, str] = {
     "get_model_info": "configs",
     "register": "configs",
     "UnknownModelError": "configs",
+    "PEAudioVisual": "av.model",
+    "PEAudioFrame": "av.model",
+    "AVConfig": "av.configs",
     # loading and saving
     "load": "factory",
     "create_model": "factory",
@@ -51,6 +54,9 @@ _EXPORTS: dict[str, str] = {
     "denormalize": "transforms",
     "to_normalized_tensor": "transforms",
     "load_video": "video",
+    "load_audio": "av.audio",
+    "pad_waveforms": "av.audio",
+    "is_audio_file": "av.audio",
     "sample_frame_indices": "video",
     "is_video_file": "video",
     "iter_video_chunks": "video",
@@ -104,6 +110,7 @@ _EXPORTS: dict[str, str] = {
     "PEError": "errors",
     "ImageLoadError": "errors",
     "VideoLoadError": "errors",
+    "AudioLoadError": "errors",
     "CheckpointError": "errors",
 }
 

@@ -29,7 +29,21 @@ SAMPLE_RATE = 48_000
 #: Samples per model frame (40 ms at 48 kHz).
 HOP_LENGTH = 1920
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
-    {".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".wma", ".aif", ".aiff", ".caf"}
+    {
+        ".wav",
+        ".wave",
+        ".flac",
+        ".mp3",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".m4a",
+        ".aac",
+        ".wma",
+        ".aif",
+        ".aiff",
+        ".caf",
+    }
 )
 
 

@@ -34,6 +34,7 @@ def _check_float(owner: str, name: str, value: Any) -> None:
 
     check(owner, name, value)
 
+
 AVKind = Literal["av", "a-frame"]
 
 #: The hub revision holding the reference release's files (the reference's ``from_config`` downloads it).

@@ -83,13 +83,16 @@ def _av_row(info) -> list[str]:
     from ..factory import count_parameters
 
     c = info.config
-    with torch.device("meta"):
-        params = sum(p.numel() for p in model_class(c)(c).parameters())
+    try:
+        with torch.device("meta"):
+            params = format_count(sum(p.numel() for p in model_class(c)(c).parameters()))
+    except ImportError:  # the text tower is transformers' ModernBERT: counted with the av extra installed
+        params = "-"
     frames = c.frames
     return [
         info.name,
         info.family,
-        format_count(params),
+        params,
         format_count(count_parameters(frames)) if frames is not None else "-",
         str(frames.image_size) if frames is not None else "-",
         str(frames.patch_size) if frames is not None else "-",
