@@ -3,8 +3,8 @@
     import perception_encoder as pe
     model = pe.load("pe-av-large")                      # reference weights (hub revision perception_models)
     ids, mask = model.tokenize(["a dog barking"])
-    audio = pe.av.load_audio("bark.wav")                 # (L,) float32, mono, 48 kHz
-    wave, pad = pe.av.pad_waveforms([audio])             # (1, 1, L') and (1, L')
+    audio = pe.load_audio("bark.wav")                    # (L,) float32, mono, 48 kHz
+    wave, pad = pe.pad_waveforms([audio])                # (1, 1, L') and (1, L')
     emb = model.encode_audio(wave, pad)                  # (1, 1024)
     txt = model.encode_text(ids, mask, target="audio")   # (1, 1024)
 

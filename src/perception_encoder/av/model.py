@@ -11,7 +11,8 @@ Inputs (shapes):
 
 Outputs are ``(B, output_dim)`` embeddings in the joint space (``normalize=True`` L2-normalises them), or
 per-frame ``(B, T, output_dim)`` for PE-A-Frame, one frame every 40 ms. Scores are raw dot products times a
-learned scale plus a learned bias (no cosine, no exponential), as both releases compute them.
+learned scale plus a learned bias (no cosine, no exponential), as transformers computes them (and the
+reference PE-A-Frame; the reference PE-AV has no scales: its scores are the dot products).
 """
 
 from __future__ import annotations

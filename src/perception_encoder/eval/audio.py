@@ -32,7 +32,7 @@ def evaluate_av_retrieval(
 ) -> dict[str, Any]:
     """Retrieval recall@k of a PE-AV ``model`` on ``data``: keys ``<kind>_to_text_recall@k`` and
     ``text_to_<kind>_recall@k`` with ``<kind>`` the modality (``audio``, ``video``, ``audio_video``; by
-    default the first file's: audio for audio files, video for videos). One modality per run."""
+    default audio for audio files and video for videos, so a CSV mixing both needs ``modality``)."""
     require_av_model(model, "audio and video retrieval")
     kinds = {file_modality(p, modality) for p in data.paths}
     if len(kinds) > 1:
