@@ -6,7 +6,9 @@
 - ``text``: ``embed_texts``;
 - ``video``: ``VideoLoader``, ``video_encoder``, ``embed_video_file`` (frames pooled by ``clip.pool_frames``);
 - ``pipeline``: ``embed_paths``, image and video files -> one embedding each;
-- ``output``: ``save_embeddings`` / ``read_embeddings`` (.npy + names, .parquet), names that round-trip.
+- ``output``: ``save_embeddings`` / ``read_embeddings`` (.npy + names, .parquet), names that round-trip;
+- ``av``: PE-AV's audio files and videos (sound, frames or both) -> one row each, and its text
+  (``embed_av_paths``, ``embed_av_texts``); imported on use.
 """
 
 from .encoders import (
