@@ -149,6 +149,20 @@ def command(
 
     if allow_private_urls and not allow_urls:
         raise click.UsageError("--allow-private-urls needs --allow-urls")
+    if backend == "onnxruntime":
+        if index_dataset:
+            raise click.UsageError(
+                "--index needs --backend torch: search queries go through the dataset's model, whose weights are "
+                "checked against its manifest"
+            )
+        if model_choice.name or model_choice.checkpoint:
+            raise click.UsageError(
+                "--backend onnxruntime serves the --onnx graphs; --model / --checkpoint are for torch"
+            )
+        if not onnx_graphs:
+            raise click.UsageError("--backend onnxruntime needs --onnx IMAGE.onnx [--onnx TEXT.onnx]")
+    elif onnx_graphs:
+        raise click.UsageError("--onnx graphs are served with --backend onnxruntime")
     config = ServeConfig(
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
@@ -164,30 +178,23 @@ def command(
         decode_threads=decode_threads,
     )
     sock = listening_socket(host, port)  # before loading: a taken port fails at once
-    if backend == "onnxruntime":
-        if index_dataset:
-            raise click.UsageError(
-                "--index needs --backend torch: search queries go through the dataset's model, whose weights are "
-                "checked against its manifest"
+    try:
+        if backend == "onnxruntime":
+            served = Backend.from_onnx(onnx_graphs, frame_batch_size=max_batch_size)
+            service = Service(served, config)
+        else:
+            model_choice = _with_dataset_model(model_choice, index_dataset)
+            model = model_choice.load()
+            served = Backend.from_torch(
+                model, _served_name(model_choice.label), frame_batch_size=max_batch_size
             )
-        if model_choice.name or model_choice.checkpoint:
-            raise click.UsageError(
-                "--backend onnxruntime serves the --onnx graphs; --model / --checkpoint are for torch"
-            )
-        if not onnx_graphs:
-            raise click.UsageError("--backend onnxruntime needs --onnx IMAGE.onnx [--onnx TEXT.onnx]")
-        served = Backend.from_onnx(onnx_graphs, frame_batch_size=max_batch_size)
-        service = Service(served, config)
-    else:
-        if onnx_graphs:
-            raise click.UsageError("--onnx graphs are served with --backend onnxruntime")
-        model_choice = _with_dataset_model(model_choice, index_dataset)
-        model = model_choice.load()
-        served = Backend.from_torch(model, _served_name(model_choice.label), frame_batch_size=max_batch_size)
-        search = None
-        if index_dataset:
-            search = _search_index(index_dataset, model, model_choice, config)
-        service = Service(served, config, search=search)
+            search = None
+            if index_dataset:
+                search = _search_index(index_dataset, model, model_choice, config)
+            service = Service(served, config, search=search)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(service)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host

@@ -26,7 +26,16 @@ from .app import create_app
 from .backend import Backend
 from .config import ServeConfig
 from .search import SearchIndex
-from .server import listening_socket, run_server
+from .server import build_server, listening_socket, run_server
 from .service import Service
 
-__all__ = ["Backend", "SearchIndex", "ServeConfig", "Service", "create_app", "listening_socket", "run_server"]
+__all__ = [
+    "Backend",
+    "SearchIndex",
+    "ServeConfig",
+    "Service",
+    "build_server",
+    "create_app",
+    "listening_socket",
+    "run_server",
+]

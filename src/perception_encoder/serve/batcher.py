@@ -152,9 +152,12 @@ class Batcher:
             if not batch:
                 continue
             start = time.perf_counter()
-            outcomes = await loop.run_in_executor(
-                self.executor, self._run_batch, [it.payload for it in batch]
-            )
+            try:
+                outcomes = await loop.run_in_executor(
+                    self.executor, self._run_batch, [it.payload for it in batch]
+                )
+            except Exception as exc:  # the executor itself failed (shut down): fail the batch, keep serving
+                outcomes = [(False, exc)] * len(batch)
             seconds = time.perf_counter() - start
             self._batch_seconds = (
                 seconds if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * seconds

@@ -4,6 +4,7 @@ prompts of a classification. Each refusal is a 4xx naming the field and the limi
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -19,7 +20,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 class BodyLimit:
     """Refuse, with 413, a request body over ``max_bytes``: at once when its ``Content-Length`` says so,
-    else as soon as the bytes received pass it (the body is read here, bounded, and handed on)."""
+    else as soon as the bytes received pass it (the body is read here, bounded, and handed on).
+
+    After the refusal's headers and JSON are sent, the rest of the body is read and thrown away, for at most
+    ``DRAIN_BYTES`` and ``DRAIN_SECONDS`` (a lingering close, as nginx does): a client that sends its whole
+    body before reading (curl, Python's http.client) then reads the 413 instead of a broken pipe, and the
+    server holds none of it."""
+
+    DRAIN_BYTES = 256 << 20
+    DRAIN_SECONDS = 10.0
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -31,7 +40,7 @@ class BodyLimit:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._refuse(send, int(length) if length.isdigit() else None)
+            await self._refuse(send, receive, int(length) if length.isdigit() else None)
             return
         chunks: list[bytes] = []
         size = 0
@@ -42,7 +51,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._refuse(send, None)
+                await self._refuse(send, receive, None, more=message.get("more_body", False))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -59,7 +68,7 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send, length: int | None) -> None:
+    async def _refuse(self, send: Send, receive: Receive, length: int | None, *, more: bool = True) -> None:
         said = f"{length:,} bytes" if length is not None else "more"
         body = error_body(
             413,
@@ -73,7 +82,27 @@ class BodyLimit:
             (b"connection", b"close"),
         ]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
+        # The answer's bytes go out now; the response ends (and the server closes) after the drain, because
+        # a server stops handing on the body once its response is complete.
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+        if more:
+            try:
+                await asyncio.wait_for(_discard(receive, self.DRAIN_BYTES), self.DRAIN_SECONDS)
+            except TimeoutError:
+                pass
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def _discard(receive: Receive, max_bytes: int) -> None:
+    """Read a request's body to its end (or a disconnect, or ``max_bytes``) and keep none of it."""
+    seen = 0
+    while seen <= max_bytes:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def as_items(value: str | list[str], field: str, max_items: int) -> list[str]:

@@ -15,6 +15,9 @@ import datetime
 import decimal
 import logging
 import math
+import os
+import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +52,9 @@ class Service:
         self.search_index = search
         self.metrics = Metrics()
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="pe-model")
-        self.decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="pe-decode")
+        self.decode_pool = ThreadPoolExecutor(
+            config.decode_threads, thread_name_prefix="pe-decode", initializer=_decode_thread
+        )
         self.decoder = Decoder(config, backend.image_size)
         self.tokenizer = make_tokenizer(backend.context_length) if backend.context_length else None
         runs: dict[str, Callable[[list[Any]], Sequence[Any]]] = {
@@ -103,7 +108,9 @@ class Service:
     async def stop(self) -> None:
         """After the server drained its requests: stop the batchers and the threads."""
         self.state = "draining"
-        self._warming.cancel()
+        warming = getattr(self, "_warming", None)
+        if warming is not None:
+            warming.cancel()
         for batcher in self.batchers.values():
             await batcher.stop()
         self.model_thread.shutdown(wait=True, cancel_futures=True)
@@ -386,6 +393,20 @@ class Service:
 
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [self.backend.describe()]}
+
+
+def _decode_thread() -> None:
+    """A decode thread runs at a lower priority than the model's (Linux: nice values are per thread), as the
+    dataset loaders' processes do (``embedding.files.LOADER_NICENESS``): on CPUs the model keeps busy,
+    decoding fills the gaps instead of descheduling one of the model's threads, which wait for each other."""
+    from ..embedding.files import LOADER_NICENESS
+
+    if LOADER_NICENESS and hasattr(os, "setpriority") and sys.platform.startswith("linux"):
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + LOADER_NICENESS)
+        except OSError:
+            pass
 
 
 def _params(field: str, value: str | list[str]) -> list[str]:
