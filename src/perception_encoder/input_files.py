@@ -47,6 +47,20 @@ def file_problem(path: str | os.PathLike, limit: int | None = None) -> str | Non
     return None
 
 
+def media_file(path: str | os.PathLike, what: str, error: type = ValueError) -> Path:
+    """``path`` as a ``Path`` once it is a non-empty regular file a decoder may open (a FIFO or a device
+    would block the decoder or never end); else ``error`` naming it and ``what`` it should hold."""
+    p = Path(path)
+    problem = file_problem(p)
+    if problem == "no such file":
+        raise error(f"{what} file not found: {str(p)!r}")
+    if problem is not None:
+        raise error(f"cannot read {what} {str(p)!r}: {problem}")
+    if p.stat().st_size == 0:
+        raise error(f"{what} file {str(p)!r} is empty (0 bytes)")
+    return p
+
+
 def read_bytes(path: str | os.PathLike, limit: int, what: str = "file", error: type = ValueError) -> bytes:
     """The contents of the regular file ``path``, at most ``limit`` bytes; else ``error`` naming it."""
     problem = file_problem(path, limit)

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import VideoLoadError
-from .input_files import file_problem
+from .input_files import media_file
 from .limits import MAX_FRAMES
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset(
@@ -107,24 +107,12 @@ class _RateSampler:
 # --- opening and decoding -----------------------------------------------------------------------------
 
 
-def _check_file(path: PathLike) -> Path:
-    p = Path(path)
-    problem = file_problem(p)
-    if problem == "no such file":
-        raise VideoLoadError(f"video file not found: {str(p)!r}")
-    if problem is not None:  # a FIFO or a device would block the decoder or never end
-        raise VideoLoadError(f"cannot read video {str(p)!r}: {problem}")
-    if p.stat().st_size == 0:
-        raise VideoLoadError(f"video file {str(p)!r} is empty (0 bytes)")
-    return p
-
-
 class _Opened:
     """An open container and its first video stream; closes on exit. Decoder errors become
     ``VideoLoadError`` naming the file."""
 
     def __init__(self, path: PathLike) -> None:
-        self.path = _check_file(path)
+        self.path = media_file(path, "video", VideoLoadError)
         self.av = _import_av()
         self.container = None
 

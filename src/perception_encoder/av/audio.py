@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import AudioLoadError
-from ..input_files import file_problem
+from ..input_files import media_file
 from .dac import reflect_pad
 
 #: The rate every PE-AV model hears (Hz).
@@ -60,18 +60,6 @@ def _import_av():
     return av
 
 
-def _check_file(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    problem = file_problem(p)
-    if problem == "no such file":
-        raise AudioLoadError(f"audio file not found: {str(p)!r}")
-    if problem is not None:  # a FIFO or a device would block the decoder or never end
-        raise AudioLoadError(f"cannot read audio {str(p)!r}: {problem}")
-    if p.stat().st_size == 0:
-        raise AudioLoadError(f"audio file {str(p)!r} is empty (0 bytes)")
-    return p
-
-
 def load_audio(
     path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, *, max_seconds: float | None = None
 ) -> torch.Tensor:
@@ -83,7 +71,7 @@ def load_audio(
     ``AudioLoadError`` naming the file when it is missing, not a regular file, empty, not decodable, has
     no audio stream, no samples, or is too long.
     """
-    p = _check_file(path)
+    p = media_file(path, "audio", AudioLoadError)
     av = _import_av()
     limit = None if max_seconds is None else int(max_seconds * sample_rate)
     try:

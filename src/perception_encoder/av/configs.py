@@ -300,12 +300,10 @@ def av_config_to_dict(config: AVConfig) -> dict[str, Any]:
 
 
 def _only(cls: type, data: Any, where: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise TypeError(f"{where} must be a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise TypeError(f"{where} has unknown key(s): {', '.join(map(repr, unknown))}")
-    return data
+    """``data`` checked to be a dict of ``cls``'s fields, as the vision configs are checked."""
+    from ..configs import _fields
+
+    return _fields(cls, data, where)
 
 
 def av_config_from_dict(data: dict[str, Any]) -> AVConfig:

@@ -140,7 +140,7 @@ def command(
     PE-AV models (--model pe-av-*) embed audio files and videos instead: a row per file from its sound,
     its frames or both (--modality), into a .npy or .parquet file.
     """
-    from ..embedding import check_output, embed_paths, save_embeddings
+    from ..embedding import check_output, embed_paths
 
     spec = feature_spec(layer, pool)
     if chooses_av_model(model_choice):
@@ -242,18 +242,12 @@ def command(
             num_workers=workers,
             progress=show_progress(progress),
         )
-    total = len(inputs.files) + len(inputs.skipped)
-    check_embedded(result, total)
-    written = save_embeddings(result.embeddings, result.paths, out)
-    click.echo(
-        f"embedded {len(result.paths)} of {total} files, dim {result.embeddings.shape[1]} -> "
-        + ", ".join(map(str, written))
-    )
+    _write(result, inputs, out)
 
 
 def _embed_av(paths, out, model_choice, *, modality, refused, batch_size, workers, normalize, progress):
     """``pe embed`` with a PE-AV model: audio files and videos -> one .npy / .parquet file."""
-    from ..embedding import check_output, save_embeddings
+    from ..embedding import check_output
     from ..embedding.av import embed_av_paths
 
     given = [name for name, on in refused.items() if on]
@@ -276,6 +270,13 @@ def _embed_av(paths, out, model_choice, *, modality, refused, batch_size, worker
         num_workers=workers,
         progress=show_progress(progress),
     )
+    _write(result, inputs, out)
+
+
+def _write(result, inputs, out: str) -> None:
+    """Write one run's embeddings to ``out`` (after checking that something was embedded) and say so."""
+    from ..embedding import save_embeddings
+
     total = len(inputs.files) + len(inputs.skipped)
     check_embedded(result, total)
     written = save_embeddings(result.embeddings, result.paths, out)
