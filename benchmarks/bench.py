@@ -56,7 +56,7 @@ from perception_encoder.layers.linear import clear_packed_weights, weight_packin
 MODELS = ("PE-Core-B16-224", "PE-Core-L14-336")
 PHASE_RESERVE = 30.0  # seconds set aside for loading the three models of one dtype
 PROBE_RESERVE = 15.0  # seconds set aside for one loading process
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # fp16: --dtypes only
 ASSETS = Path(pe.__file__).resolve().parent / "assets" / "imagenet"
 
 
@@ -595,7 +595,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated PE-Core names")
     ap.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
-    ap.add_argument("--dtypes", default="fp32,bf16", help="fp32 and/or bf16")
+    ap.add_argument(
+        "--dtypes", default="fp32,bf16", help="fp32, bf16 and/or fp16 (float16: the natural route too)"
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     ap.add_argument("--quick", action="store_true", help="skip L14 at batch > 1")
     ap.add_argument("--full", action="store_true", help="also time timm on L14 at batch > 1")
@@ -616,7 +618,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.dtypes = [d.strip() for d in args.dtypes.split(",")]
     for d in args.dtypes:
         if d not in DTYPES:
-            ap.error(f"--dtypes: unknown dtype {d!r}; use fp32 and/or bf16")
+            ap.error(f"--dtypes: unknown dtype {d!r}; use fp32, bf16 and/or fp16")
     return args
 
 

@@ -1,5 +1,6 @@
-"""bfloat16 by the natural route: ``pe.load(float32 file, dtype=torch.bfloat16)`` goes through a cast written
-once to disk, so its weights are memory-mapped, packed and held once, as a bfloat16 file's are."""
+"""bfloat16 (and float16, where oneDNN runs it) by the natural route: ``pe.load(float32 file,
+dtype=torch.bfloat16)`` goes through a cast written once to disk, so its weights are memory-mapped, packed and
+held once, as a bfloat16 file's are."""
 
 from __future__ import annotations
 
@@ -35,9 +36,9 @@ def cache(tmp_path, monkeypatch):
     linear_mod.clear_packed_weights()
 
 
-def _inputs(size=32, context=16):
+def _inputs(size=32, context=16, dtype=torch.bfloat16):
     g = torch.Generator().manual_seed(0)
-    return torch.randn(2, 3, size, size, generator=g).bfloat16(), token_ids(2, context, [7, 4])
+    return torch.randn(2, 3, size, size, generator=g).to(dtype), token_ids(2, context, [7, 4])
 
 
 def _outputs(model, image, ids):
@@ -45,30 +46,42 @@ def _outputs(model, image, ids):
         return model.encode_image(image), model.encode_text(ids)
 
 
-def test_the_natural_route_equals_the_unpacked_cast_and_is_packed(tmp_path, cache):
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.bfloat16,
+        pytest.param(
+            torch.float16,
+            marks=pytest.mark.skipif(
+                not linear_mod.packs_mapped_weights(torch.float16), reason="no packed float16 on this CPU"
+            ),
+        ),
+    ],
+)
+def test_the_natural_route_equals_the_unpacked_cast_and_is_packed(tmp_path, cache, dtype):
     path = pe.save(randomize(CLIP(tiny_clip_config())), tmp_path / "m.pt")
-    image, ids = _inputs()
+    image, ids = _inputs(dtype=dtype)
     with linear_mod.weight_packing("off"):  # the plain route: cast in memory, never packed
         os.environ[cast_cache.CACHE_ENV] = "off"
-        plain = pe.load(path, dtype=torch.bfloat16)
+        plain = pe.load(path, dtype=dtype)
         want = _outputs(plain, image, ids)
         os.environ[cast_cache.CACHE_ENV] = str(cache)
     assert not cache.exists()
 
-    model = pe.load(path, dtype=torch.bfloat16)
+    model = pe.load(path, dtype=dtype)
     (entry,) = cache.glob("*.safetensors")
     got = _outputs(model, image, ids)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert linear_mod.packed_weight_bytes() > 0  # the cast weights were packed
-    for name, t in model.state_dict().items():  # the weights are the exact bf16 cast, now read from the file
+    for name, t in model.state_dict().items():  # the weights are the exact cast, now read from the file
         assert torch.equal(t, plain.state_dict()[name]), name
-        assert t.dtype == (torch.bfloat16 if t.is_floating_point() else t.dtype)
+        assert t.dtype == (dtype if t.is_floating_point() else t.dtype)
 
     mtime = entry.stat().st_mtime_ns
-    pe.load(path, dtype=torch.bfloat16)  # again: the same entry, not rewritten
+    pe.load(path, dtype=dtype)  # again: the same entry, not rewritten
     assert [p.name for p in cache.glob("*.safetensors")] == [entry.name] and entry.stat().st_mtime_ns == mtime
     os.utime(path, ns=(mtime + 10**9, mtime + 10**9))  # a changed source gets its own cast
-    pe.load(path, dtype=torch.bfloat16)
+    pe.load(path, dtype=dtype)
     assert len(list(cache.glob("*.safetensors"))) == 2
     assert not list(cache.glob(".*.tmp"))
 

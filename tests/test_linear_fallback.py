@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from perception_encoder.layers import linear as linear_mod
 from perception_encoder.layers.linear import linear, onednn_linear_enabled
 
-ALL = linear_mod._Support(fused=True, binary=True, packing=True, bf16=True)
+ALL = linear_mod._Support(fused=True, binary=True, packing=True, bf16=True, fp16=True)
 
 
 def _pointwise(x, w, b, attr, scalars, algorithm):
@@ -30,6 +30,7 @@ IMPLS = {
     "_linear_pointwise.binary": lambda x, other, w, b, attr: other + F.linear(x, w, b),
     "_reorder_linear_weight": lambda w, rows: w.clone(),
     "_is_mkldnn_bf16_supported": lambda: True,
+    "_is_mkldnn_fp16_supported": lambda: True,
 }
 
 
@@ -139,6 +140,7 @@ def test_every_op_that_passes_its_probe_is_used(fake):
         ("raising", "_reorder_linear_weight", ALL._replace(packing=False)),
         ("wrong", "_reorder_linear_weight", ALL._replace(packing=False)),
         ("missing", "_is_mkldnn_bf16_supported", ALL._replace(bf16=False)),
+        ("missing", "_is_mkldnn_fp16_supported", ALL._replace(fp16=False)),
     ],
 )
 def test_an_op_that_fails_its_probe_is_left_out(fake, how, name, support):
@@ -153,11 +155,12 @@ def test_an_op_that_fails_its_probe_is_left_out(fake, how, name, support):
         assert linear_mod._supported() == support
         assert onednn_linear_enabled() == support.fused
         assert linear_mod.weight_packing_mode() == ("all" if support.packing else "off")
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
             fake.calls.clear()
             layers = _assert_plain_results(dtype)
             assert (linear_mod.packed_weight_bytes() > 0) == (support.packing and fake.calls != [])
-            if not support.fused or (dtype == torch.bfloat16 and not support.bf16):
+            half = {torch.bfloat16: support.bf16, torch.float16: support.fp16}
+            if not support.fused or not half.get(dtype, True):
                 assert fake.calls == []
             else:  # what passed is still used, and only that
                 want = {"_linear_pointwise", "_linear_pointwise.binary", "_reorder_linear_weight"}

@@ -26,7 +26,7 @@ def needs_onednn(*, packing: bool = False, dtype: torch.dtype = torch.float32) -
     without oneDNN, or an op that failed its probe, the "fused" path is F.linear compared with itself."""
     support = linear_mod._supported()
     ok = onednn_linear_enabled() and (support.packing or not packing)
-    ok = ok and (support.bf16 or dtype != torch.bfloat16)
+    ok = ok and {torch.bfloat16: support.bf16, torch.float16: support.fp16}.get(dtype, True)
     what = "packed weights" if packing else "linear"
     return pytest.mark.skipif(not ok, reason=f"no oneDNN {what} in {dtype} here")
 

@@ -1,14 +1,15 @@
 """Linear layers for inference, with the activation or the residual add fused in on CPUs.
 
 On the CPU, ``F.linear`` runs float32 products through the BLAS PyTorch was built with; oneDNN's kernels
-were faster at this model's shapes on the machine measured (an AVX-512 AMD EPYC: float32 products 20-40 %
-faster, bfloat16 a few percent, see ``benchmarks/RESULTS.md``), and oneDNN also takes the bias, an exact GELU
+were faster at this model's shapes on the machines measured (an AVX-512 AMD EPYC: float32 products 20-40 %
+faster, bfloat16 a few percent; an Intel Xeon with AMX: bfloat16 and float16 faster, float32 faster at most
+row counts but not all, see ``benchmarks/RESULTS.md``), and oneDNN also takes the bias, an exact GELU
 or a residual add as "post-ops" of the same kernel, which saves a pass over memory and a parallel region
 per fusion. The fused kernel is used only where it is safe:
 
 - x86-64 CPUs with PyTorch built with oneDNN (on ARM, PyTorch's oneDNN build goes through other libraries
   whose speed was not checked);
-- CPU tensors of the same dtype, float32 or bfloat16 (the latter only where the CPU supports it);
+- CPU tensors of the same dtype, float32, or bfloat16 / float16 where the CPU supports them;
 - no gradient is needed (``torch.no_grad`` / ``torch.inference_mode``, or nothing requires grad): the
   oneDNN op has no backward, training takes the ``F.linear`` path;
 - not while tracing (``torch.compile`` fuses on its own; ONNX export needs standard operators);
@@ -19,7 +20,7 @@ unfused form to float rounding (float32: about 1e-7 relative). Set ``PE_ONEDNN_L
 environment, or call ``set_onednn_linear(False)``, to always take the ``F.linear`` path.
 
 The oneDNN ops are private to PyTorch (``torch.ops.mkldnn``) and may change between releases. At the first
-use, each one (the fused linear, its residual-add form, weight packing, bfloat16) runs once on tiny tensors
+use, each one (the fused linear, its residual-add form, weight packing, bfloat16, float16) runs once on tiny tensors
 and is compared with the ``F.linear`` form; one that is missing, raises or disagrees is not used (logged at
 debug level). If an op still fails at run time where ``F.linear`` works, the whole process switches to the
 ``F.linear`` path with one ``RuntimeWarning``; that call returns the plain result.
@@ -33,7 +34,8 @@ the weights stream from memory (one short prompt through the text tower). ``PE_P
   Once a weight is packed, its file pages are released (``pages.release_file_pages``), so memory holds
   the packed copy alone; the plain weight reads back from the file if anything touches it again (saving,
   exporting, training). That covers ``pe.load`` of a checkpoint in the dtype it is stored in (float32
-  files as float32; for bfloat16, ``pe convert --dtype bf16`` writes a bfloat16 file once).
+  files as float32; ``dtype=torch.bfloat16`` / ``float16`` from a float32 file goes through the cast cache,
+  ``weights/cast_cache.py``, a 16-bit file written once).
 - ``all`` (or ``1``): every weight, at the price of a second copy of every linear weight in memory for as
   long as the model lives (weights cast while loading, built in memory or trained live in anonymous memory,
   which cannot be given back).
@@ -104,15 +106,16 @@ def _mkldnn() -> Any:
 
 class _Support(NamedTuple):
     """What passed the probe: the fused linear (no post-op and exact GELU), its residual-add form, packed
-    weights, and all of those in bfloat16."""
+    weights, and all of those in bfloat16 and in float16."""
 
     fused: bool
     binary: bool
     packing: bool
     bf16: bool
+    fp16: bool = False
 
 
-_NONE = _Support(False, False, False, False)
+_NONE = _Support(False, False, False, False, False)
 _SUPPORT: _Support | None = None  # probed at first use, not at import
 _PROBE_LOCK = threading.Lock()
 
@@ -151,10 +154,11 @@ def _passes(what: str, check: Callable[[], None]) -> bool:
     return True
 
 
-def _bf16_check(ops: Any, binary: bool, packing: bool) -> None:
-    if not ops._is_mkldnn_bf16_supported():
-        raise RuntimeError("this CPU has no bfloat16 support")
-    _check_ops(ops, torch.bfloat16, binary=binary, packing=packing)
+def _half_check(ops: Any, dtype: torch.dtype, binary: bool, packing: bool) -> None:
+    supported = ops._is_mkldnn_bf16_supported if dtype == torch.bfloat16 else ops._is_mkldnn_fp16_supported
+    if not supported():
+        raise RuntimeError(f"this CPU has no {dtype} support in oneDNN")
+    _check_ops(ops, dtype, binary=binary, packing=packing)
 
 
 def _probe() -> _Support:
@@ -165,8 +169,9 @@ def _probe() -> _Support:
         return _NONE
     binary = _passes("residual add", lambda: _check_ops(ops, f32, binary=True, packing=False))
     packing = _passes("packed weights", lambda: _check_ops(ops, f32, binary=binary, packing=True))
-    bf16 = _passes("bfloat16", lambda: _bf16_check(ops, binary, packing))
-    return _Support(True, binary, packing, bf16)
+    bf16 = _passes("bfloat16", lambda: _half_check(ops, torch.bfloat16, binary, packing))
+    fp16 = _passes("float16", lambda: _half_check(ops, torch.float16, binary, packing))
+    return _Support(True, binary, packing, bf16, fp16)
 
 
 def _probed() -> _Support:
@@ -225,10 +230,17 @@ def weight_packing_mode() -> str:
 def packs_mapped_weights(dtype: torch.dtype) -> bool:
     """Whether the linear weights of a memory-mapped checkpoint stored in ``dtype`` get packed here (and
     their file pages given back): the packing mode is ``mapped`` or ``all``, and the CPU runs oneDNN's
-    fused linear in ``dtype`` (float32, or bfloat16 where supported)."""
+    fused linear in ``dtype`` (float32, or bfloat16 / float16 where supported)."""
     if weight_packing_mode() not in ("mapped", "all"):
         return False
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and _supported().bf16)
+    return _runs(dtype, _supported())
+
+
+def _runs(dtype: torch.dtype, support: _Support) -> bool:
+    """Whether the fused linear takes tensors of ``dtype`` here."""
+    if dtype == torch.float32:
+        return support.fused
+    return (dtype == torch.bfloat16 and support.bf16) or (dtype == torch.float16 and support.fp16)
 
 
 @contextlib.contextmanager
@@ -315,7 +327,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return None
     if x.device.type != "cpu" or weight.device.type != "cpu" or x.dtype != weight.dtype:
         return None
-    if x.dtype != torch.float32 and not (x.dtype == torch.bfloat16 and support.bf16):
+    if not _runs(x.dtype, support):
         return None
     if not weight.is_contiguous() or weight.ndim != 2 or x.ndim == 0 or x.numel() == 0:
         return None
