@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _checkpoints import random_model  # noqa: E402
 
-from perception_encoder.datasets.local import embed_dataset  # noqa: E402
+from perception_encoder.datasets.embed import embed_dataset  # noqa: E402
 from perception_encoder.factory import load, save  # noqa: E402
 from perception_encoder.transforms import image_transform  # noqa: E402
 

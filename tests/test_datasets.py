@@ -27,7 +27,7 @@ from conftest import randomize, tiny_clip_config
 from perception_encoder.cli.main import main
 from perception_encoder.clip import CLIP
 from perception_encoder.datasets import DatasetError, open_dataset
-from perception_encoder.datasets.local import embed_dataset
+from perception_encoder.datasets.embed import embed_dataset
 from perception_encoder.embedding import embed_paths
 from perception_encoder.factory import load, save
 

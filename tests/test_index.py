@@ -415,7 +415,7 @@ def image_dataset(tmp_path_factory):
 
     from conftest import randomize, tiny_clip_config
     from perception_encoder.clip import CLIP
-    from perception_encoder.datasets.local import embed_dataset
+    from perception_encoder.datasets.embed import embed_dataset
     from perception_encoder.factory import save
 
     base = tmp_path_factory.mktemp("images")

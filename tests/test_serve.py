@@ -582,7 +582,7 @@ def indexed(tmp_path_factory, model_file):
     saved tiny model, and its index."""
     pytest.importorskip("lancedb")
     from perception_encoder.datasets import open_dataset
-    from perception_encoder.datasets.local import embed_dataset
+    from perception_encoder.datasets.embed import embed_dataset
     from perception_encoder.index import build_index
 
     base = tmp_path_factory.mktemp("serve-search")

@@ -64,7 +64,7 @@ def hits(dom: str) -> list[dict[str, str]]:
 def indexed_photos(tmp_path_factory):
     from perception_encoder.clip import CLIP
     from perception_encoder.datasets import open_dataset
-    from perception_encoder.datasets.local import embed_dataset
+    from perception_encoder.datasets.embed import embed_dataset
     from perception_encoder.factory import save
     from perception_encoder.index import build_index
 

@@ -64,7 +64,7 @@ _EXPORTS: dict[str, str] = {
     "embed_paths": "embedding",
     "embed_texts": "embedding",
     "read_embeddings": "embedding",
-    "embed_dataset": "datasets.local",
+    "embed_dataset": "datasets.embed",
     "open_dataset": "datasets",
     "EmbeddingDataset": "datasets",
     "build_index": "index",

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .configs import CLIPConfig, ModelConfig, ModelInfo, VisionConfig, get_model_info
+from .dtypes import as_dtype
 from .errors import CheckpointError
 from .weights import cast_cache
 from .weights.adapt import drop_unused_head, fit_to_tower, tower_config
@@ -45,29 +46,7 @@ from .weights.strict import check_state_dict, load_into
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 CONVERT_TARGETS = ("reference", "timm", "open_clip", "safetensors")
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-}
-
-
 # --- configs and models --------------------------------------------------------------------------------
-
-
-def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}")
-    return _DTYPES[key]
 
 
 def _tower(config: ModelConfig, vision_only: bool) -> ModelConfig:
@@ -107,7 +86,7 @@ def create_model(
     """A randomly initialised model: ``clip.CLIP`` for a CLIP config, ``vision.VisionTransformer`` for a
     vision config (or any config with ``vision_only=True``). Built directly on ``device``; in train mode."""
     config = _tower(_config_of(name_or_config), vision_only)
-    dtype = _as_dtype(dtype)
+    dtype = as_dtype(dtype)
     with torch.device(device if device is not None else "cpu"):
         model = _builder(config)()
     return model.to(dtype) if dtype is not None else model
@@ -246,7 +225,7 @@ def load(
             name, checkpoint=checkpoint, pretrained=pretrained, device=device, dtype=dtype, strict=strict
         )
     # float32 unless asked: a checkpoint stored in half precision (e.g. the bundled one) still computes in fp32
-    dtype = _as_dtype(dtype) or torch.float32
+    dtype = as_dtype(dtype) or torch.float32
     info: ModelInfo | None = None
     config: ModelConfig | None = None
     if _is_path_like(name) or is_hub_spec(name):
@@ -387,7 +366,7 @@ def convert(
     """
     if to not in CONVERT_TARGETS:
         raise ValueError(f"unknown target format {to!r}; expected one of {', '.join(CONVERT_TARGETS)}")
-    cast = _as_dtype(dtype)
+    cast = as_dtype(dtype)
     dst = Path(dst)
     if dst.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise ValueError(f"{dst}: unsupported extension {dst.suffix or '(none)'!r}; use .safetensors or .pt")

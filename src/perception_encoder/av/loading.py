@@ -305,11 +305,11 @@ def load_av(
     """A ``PEAudioVisual`` or ``PEAudioFrame`` in eval mode (see the module's docstring for sources).
     ``pretrained=False``: random weights for a name or config (the tokenizer is looked up in the hub
     cache, offline-safe: none when absent)."""
-    from ..factory import _as_dtype
+    from ..dtypes import as_dtype
     from ..weights.files import read_state_dict
     from ..weights.strict import load_into
 
-    dtype = _as_dtype(dtype) or torch.float32
+    dtype = as_dtype(dtype) or torch.float32
     if not pretrained:
         if checkpoint is not None:
             raise ValueError("pretrained=False gives random weights; it cannot be combined with checkpoint=")

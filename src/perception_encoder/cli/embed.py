@@ -310,7 +310,7 @@ def _refuse_collections(paths) -> None:
 
 def _embed_dataset(paths, out, model_choice, spec, *, engine_options, **options) -> None:
     """``pe embed ... --out DIR``: the dataset job, then its summary."""
-    from ..datasets.local import embed_dataset
+    from ..datasets.embed import embed_dataset
     from .options import pick_device
 
     name = model_choice.name or model_choice.checkpoint or default_model()

@@ -4,7 +4,7 @@ resumable after a kill, on this machine or a Ray cluster.
 
 - ``layout``: the files of a dataset; ``manifest``: its settings and shards; ``shards``: writing them;
 - ``items`` / ``sources`` / ``fetch`` / ``loading``: the inputs, listed lazily and loaded one by one;
-- ``local``: the engine of one machine (``embed_dataset``); ``ray_engine``: the same job on Ray Data;
+- ``embed``: ``embed_dataset``, a job run by an engine: ``local`` (this machine) or ``ray_engine`` (Ray Data);
 - ``dataset``: reading a dataset back (``open_dataset``) and embedding queries the way its rows were.
 """
 
