@@ -86,10 +86,11 @@ def test_the_natural_route_equals_the_unpacked_cast_and_is_packed(tmp_path, cach
     assert not list(cache.glob(".*.tmp"))
 
 
-def test_every_family_and_float32_loads_leave_the_cache_alone(tmp_path, cache):
-    spatial = released_config("PE-Spatial-T16-512", depth=1)
+@pytest.mark.parametrize("name", ["PE-Spatial-T16-512", "PE-Lang-L14-448"])
+def test_every_family_and_float32_loads_leave_the_cache_alone(tmp_path, cache, name):
+    tower_config = released_config(name, depth=1)  # (Core: the CLIP test above)
     path = pe.save(
-        randomize(pe.VisionTransformer(dataclass_replace(spatial, image_size=64))), tmp_path / "s.pt"
+        randomize(pe.VisionTransformer(dataclass_replace(tower_config, image_size=64))), tmp_path / "s.pt"
     )
     tower = pe.load(path, dtype="bf16")
     x = torch.randn(1, 3, 64, 64).bfloat16()
