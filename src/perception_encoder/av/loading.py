@@ -32,6 +32,7 @@ from torch import nn
 from ..configs import get_model_info
 from ..errors import CheckpointError
 from ..input_files import parse_json, read_text
+from ..weights.strict import key_problems
 from .config_files import config_from_file_dict
 from .configs import CONFIG_FILE, TOKENIZER_FILES, WEIGHTS_FILE, AVConfig
 from .weights import detect_av_layout, is_frame_checkpoint, to_native_av
@@ -250,22 +251,9 @@ def check_av_state_dict(model: nn.Module, native: dict[str, torch.Tensor], targe
     """``CheckpointError`` unless ``native`` has exactly ``model``'s keys and shapes, naming a few of each
     problem and, for a PE-AV file given to PE-A-Frame (or back), saying so."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in native]
-    unexpected = [k for k in native if k not in expected]
-    shapes = [
-        f"{k} {tuple(native[k].shape)} vs {expected[k]}"
-        for k in expected
-        if k in native and tuple(native[k].shape) != expected[k]
-    ]
-    if not (missing or unexpected or shapes):
+    parts = key_problems(expected, native)
+    if not parts:
         return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s): {_few(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
-    if shapes:
-        parts.append(f"{len(shapes)} key(s) with another shape (checkpoint vs model): {_few(shapes)}")
     has_video = any(k.startswith("video.") for k in native)
     wants_video = any(k.startswith("video.") for k in expected)
     hint = ""

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .options import (
+    backend_option,
     batch_size_option,
     check_embedded,
     chooses_av_model,
@@ -51,12 +52,8 @@ from .options import (
     modality_option,
     progress_option,
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["torch", "onnxruntime"]),
-    default="torch",
-    show_default=True,
-    help="Run the image encoder in PyTorch, or as an exported ONNX graph in onnxruntime (CPU, float32).",
+@backend_option(
+    "Run the image encoder in PyTorch, or as an exported ONNX graph in onnxruntime (CPU, float32)."
 )
 @click.option(
     "--onnx",

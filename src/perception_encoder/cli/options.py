@@ -230,6 +230,17 @@ def batch_size_option(default: int, help: str = "Images per forward pass.") -> D
     )
 
 
+def backend_option(help: str) -> Decorator:
+    """``--backend torch|onnxruntime``: the model in PyTorch, or graphs exported by ``pe export onnx``."""
+    return click.option(
+        "--backend",
+        type=click.Choice(["torch", "onnxruntime"]),
+        default="torch",
+        show_default=True,
+        help=help,
+    )
+
+
 workers_option = click.option(
     "--workers",
     "-w",

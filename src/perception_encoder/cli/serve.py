@@ -8,7 +8,7 @@ import os
 
 import click
 
-from .options import frames_option, model_options, options
+from .options import backend_option, frames_option, model_options, options
 
 
 @click.command("serve")
@@ -25,13 +25,7 @@ from .options import frames_option, model_options, options
     default=None,
     help="Require 'Authorization: Bearer KEY' on every API route (env PE_API_KEY).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["torch", "onnxruntime"]),
-    default="torch",
-    show_default=True,
-    help="torch: the model of --model / --checkpoint; onnxruntime: the graphs of --onnx.",
-)
+@backend_option("torch: the model of --model / --checkpoint; onnxruntime: the graphs of --onnx.")
 @click.option(
     "--onnx",
     "onnx_graphs",

@@ -157,8 +157,22 @@ def _loader_process() -> None:
     and a lower priority than the model's process (``LOADER_NICENESS``): on a CPU that the model keeps busy,
     decoding fills the gaps instead of stalling the model's threads, which wait for each other."""
     torch.set_num_threads(1)
-    if LOADER_NICENESS and hasattr(os, "nice"):
+    yield_to_model()
+
+
+def yield_to_model(*, thread_only: bool = False) -> None:
+    """Lower the calling thread's scheduling priority by ``LOADER_NICENESS``: decoding (a loader process, a
+    server's decode thread) then runs in the gaps the model leaves. On Linux a nice value belongs to one
+    thread; elsewhere it is the whole process's, so ``thread_only`` callers (threads beside the model in one
+    process) change nothing there."""
+    if not LOADER_NICENESS or not hasattr(os, "nice"):
+        return
+    if thread_only and not sys.platform.startswith("linux"):
+        return
+    try:
         os.nice(LOADER_NICENESS)
+    except OSError:  # not permitted here: decoding keeps the model's priority
+        pass
 
 
 #: How much lower the scheduling priority of loader processes is than the main process's (``os.nice``).

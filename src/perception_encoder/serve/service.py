@@ -15,9 +15,6 @@ import datetime
 import decimal
 import logging
 import math
-import os
-import sys
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -396,17 +393,10 @@ class Service:
 
 
 def _decode_thread() -> None:
-    """A decode thread runs at a lower priority than the model's (Linux: nice values are per thread), as the
-    dataset loaders' processes do (``embedding.files.LOADER_NICENESS``): on CPUs the model keeps busy,
-    decoding fills the gaps instead of descheduling one of the model's threads, which wait for each other."""
-    from ..embedding.files import LOADER_NICENESS
+    """A decode thread yields to the model thread, as the dataset loaders do (``embedding.files``)."""
+    from ..embedding.files import yield_to_model
 
-    if LOADER_NICENESS and hasattr(os, "setpriority") and sys.platform.startswith("linux"):
-        try:
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + LOADER_NICENESS)
-        except OSError:
-            pass
+    yield_to_model(thread_only=True)
 
 
 def _params(field: str, value: str | list[str]) -> list[str]:

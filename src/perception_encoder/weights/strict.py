@@ -51,6 +51,28 @@ def _likely_cause(state_dict: StateDict, target_config: ModelConfig, target: str
     return f"The checkpoint has {describe_config(found)}; {target} expects {describe_config(target_config)}."
 
 
+def key_problems(expected: Mapping[str, torch.Size | tuple[int, ...]], state_dict: StateDict) -> list[str]:
+    """How ``state_dict`` differs from the keys and shapes in ``expected``, one phrase per kind (missing,
+    unexpected, another shape) with counts, groups and a few names; empty when it fits exactly."""
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k])}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s){_groups(missing)}: {_few(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s){_groups(unexpected)}: {_few(unexpected)}")
+    if misshaped:
+        problems.append(
+            f"{len(misshaped)} key(s) with another shape (checkpoint vs model): {_few(misshaped)}"
+        )
+    return problems
+
+
 def check_state_dict(
     expected: Mapping[str, torch.Size | tuple[int, ...]],
     state_dict: StateDict,
@@ -64,24 +86,9 @@ def check_state_dict(
     The message names a few missing, unexpected and mis-shaped keys with their counts, and the likely
     cause: which registered model the checkpoint fits instead, or how its shapes differ.
     """
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    misshaped = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k])}"
-        for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])
-    ]
-    if not (missing or unexpected or misshaped):
+    problems = key_problems(expected, state_dict)
+    if not problems:
         return
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s){_groups(missing)}: {_few(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s){_groups(unexpected)}: {_few(unexpected)}")
-    if misshaped:
-        problems.append(
-            f"{len(misshaped)} key(s) with another shape (checkpoint vs model): {_few(misshaped)}"
-        )
     cause = _likely_cause(state_dict, target_config, target)
     raise CheckpointError(
         f"{source} does not fit {target}: " + "; ".join(problems) + "." + (f" {cause}" if cause else "")
