@@ -82,6 +82,7 @@ class Service:
             for modality, run in runs.items()
         }
         self.state = "starting"  # then "warming up", "ready" (or "failed"), "draining"
+        self._warming: asyncio.Task | None = None
         self._classifiers: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = OrderedDict()
 
     # --- lifecycle -----------------------------------------------------------------------------------------
@@ -105,9 +106,8 @@ class Service:
     async def stop(self) -> None:
         """After the server drained its requests: stop the batchers and the threads."""
         self.state = "draining"
-        warming = getattr(self, "_warming", None)
-        if warming is not None:
-            warming.cancel()
+        if self._warming is not None:  # None: stopped before it started
+            self._warming.cancel()
         for batcher in self.batchers.values():
             await batcher.stop()
         self.model_thread.shutdown(wait=True, cancel_futures=True)
